@@ -1,0 +1,5 @@
+import sys
+
+from cmi.cli import main
+
+sys.exit(main())

@@ -1,0 +1,128 @@
+"""Typed views of params.yaml: one frozen dataclass per section.
+
+Each stage reads only its own sections; ``section_dict`` gives the exact dict a stage's
+checkpoint fingerprint covers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+
+@dataclass(frozen=True)
+class ExtractParams:
+    sampling_rate_hz: float = 10.0
+    n_segments: int = 3
+    tof_regions: bool = True
+
+
+@dataclass(frozen=True)
+class CVParams:
+    n_splits: int = 5
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class LgbmParams:
+    n_estimators: int = 1000
+    learning_rate: float = 0.05
+    num_leaves: int = 31
+    min_child_samples: int = 10
+    feature_fraction: float = 0.5
+    bagging_fraction: float = 0.8
+    bagging_freq: int = 1
+    lambda_l2: float = 1.0
+    early_stopping_rounds: int = 50
+    modality_dropout: float = 0.3
+    n_jobs: int = 2
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class TorchParams:
+    pad_percentile: float = 95.0
+    keep: Literal["end", "start"] = "end"
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-2
+    label_smoothing: float = 0.1
+    grad_clip: float = 1.0
+    conv_channels: tuple[int, ...] = (64, 128)
+    lstm_hidden: int = 64
+    gru_hidden: int = 64
+    dropout: float = 0.3
+    modality_dropout: float = 0.3
+    seed: int = 42
+    num_workers: int = 0
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class EnsembleParams:
+    w_lgbm: float = 0.4
+    w_torch: float = 0.6
+    optimize: Literal["none", "grid", "nelder_mead"] = "none"
+    by_sensor_group: bool = False
+
+
+@dataclass(frozen=True)
+class Params:
+    extract: ExtractParams = field(default_factory=ExtractParams)
+    cv: CVParams = field(default_factory=CVParams)
+    lgbm: LgbmParams = field(default_factory=LgbmParams)
+    torch: TorchParams = field(default_factory=TorchParams)
+    ensemble: EnsembleParams = field(default_factory=EnsembleParams)
+
+
+T = TypeVar("T")
+
+
+class ParamsError(ValueError):
+    """params.yaml has an unknown key or a value of the wrong type."""
+
+
+def _build(cls: type[T], section: str, raw: dict[str, Any] | None) -> T:
+    raw = dict(raw or {})
+    known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ParamsError(f"params.yaml: unknown key(s) {unknown} in section '{section}'")
+    for name, value in list(raw.items()):
+        if isinstance(value, list):
+            raw[name] = tuple(value)
+        default = known[name].default
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            raw[name] = float(value)
+    return cls(**raw)
+
+
+def params_from_dict(raw: dict[str, Any]) -> Params:
+    sections = {f.name: f.type for f in dataclasses.fields(Params)}
+    unknown = sorted(set(raw) - set(sections))
+    if unknown:
+        raise ParamsError(f"params.yaml: unknown section(s) {unknown}")
+    classes = {
+        "extract": ExtractParams,
+        "cv": CVParams,
+        "lgbm": LgbmParams,
+        "torch": TorchParams,
+        "ensemble": EnsembleParams,
+    }
+    return Params(**{name: _build(cls, name, raw.get(name)) for name, cls in classes.items()})
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    path = Path(path)
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else {}
+    return params_from_dict(raw or {})
+
+
+def section_dict(section: Any) -> dict[str, Any]:
+    """Plain dict of one section, for fingerprints and manifests."""
+    return dataclasses.asdict(section)

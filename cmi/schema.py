@@ -1,0 +1,255 @@
+"""Column lists, the 18 gestures in their fixed class order, and validation of raw files.
+
+The class index every model uses is the position of a gesture in ``GESTURES``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+TARGET_GESTURES: tuple[str, ...] = (
+    "Above ear - pull hair",
+    "Cheek - pinch skin",
+    "Eyebrow - pull hair",
+    "Eyelash - pull hair",
+    "Forehead - pull hairline",
+    "Forehead - scratch",
+    "Neck - pinch skin",
+    "Neck - scratch",
+)
+NON_TARGET_GESTURES: tuple[str, ...] = (
+    "Write name on leg",
+    "Wave hello",
+    "Glasses on/off",
+    "Text on phone",
+    "Write name in air",
+    "Feel around in tray and pull out an object",
+    "Scratch knee/leg skin",
+    "Pull air toward your face",
+    "Drink from bottle/cup",
+    "Pinch knee/leg skin",
+)
+GESTURES: tuple[str, ...] = TARGET_GESTURES + NON_TARGET_GESTURES
+N_CLASSES = len(GESTURES)
+GESTURE_INDEX: dict[str, int] = {g: i for i, g in enumerate(GESTURES)}
+TARGET_INDICES: frozenset[int] = frozenset(range(len(TARGET_GESTURES)))
+# Column names of the 18 class probabilities in every OOF table and prediction frame.
+PROBA_COLUMNS: tuple[str, ...] = tuple(f"p{i:02d}" for i in range(N_CLASSES))
+
+ORIENTATIONS: tuple[str, ...] = (
+    "Seated Straight",
+    "Seated Lean Non Dom - FACE DOWN",
+    "Lie on Back",
+    "Lie on Side - Non Dominant",
+)
+BEHAVIORS: tuple[str, ...] = (
+    "Relaxes and moves hand to target location",
+    "Moves hand to target location",
+    "Hand at target location",
+    "Performs gesture",
+)
+PHASES: tuple[str, ...] = ("Transition", "Gesture")
+SEQUENCE_TYPES: tuple[str, ...] = ("Target", "Non-Target")
+
+ID_COLUMNS: tuple[str, ...] = ("row_id", "sequence_id", "sequence_counter", "subject")
+# Present in train.csv only; never features.
+TRAIN_ONLY_COLUMNS: tuple[str, ...] = (
+    "sequence_type",
+    "orientation",
+    "behavior",
+    "phase",
+    "gesture",
+)
+ACC_COLUMNS: tuple[str, ...] = ("acc_x", "acc_y", "acc_z")
+ROT_COLUMNS: tuple[str, ...] = ("rot_w", "rot_x", "rot_y", "rot_z")
+IMU_COLUMNS: tuple[str, ...] = ACC_COLUMNS + ROT_COLUMNS
+THM_COLUMNS: tuple[str, ...] = tuple(f"thm_{i}" for i in range(1, 6))
+N_TOF_SENSORS = 5
+N_TOF_PIXELS = 64
+TOF_COLUMNS: tuple[str, ...] = tuple(
+    f"tof_{s}_v{p}" for s in range(1, N_TOF_SENSORS + 1) for p in range(N_TOF_PIXELS)
+)
+SENSOR_COLUMNS: tuple[str, ...] = IMU_COLUMNS + THM_COLUMNS + TOF_COLUMNS
+
+TRAIN_COLUMNS: tuple[str, ...] = (
+    "row_id",
+    "sequence_type",
+    "sequence_id",
+    "sequence_counter",
+    "subject",
+    "orientation",
+    "behavior",
+    "phase",
+    "gesture",
+    *SENSOR_COLUMNS,
+)
+TEST_COLUMNS: tuple[str, ...] = ID_COLUMNS + SENSOR_COLUMNS
+DEMOGRAPHICS_COLUMNS: tuple[str, ...] = (
+    "subject",
+    "adult_child",
+    "age",
+    "sex",
+    "handedness",
+    "height_cm",
+    "shoulder_to_wrist_cm",
+    "elbow_to_wrist_cm",
+)
+
+_STRING_COLUMNS = {"row_id", "sequence_id", "subject", *TRAIN_ONLY_COLUMNS}
+_DEMOGRAPHICS_DTYPES: dict[str, type[pl.DataType]] = {
+    "subject": pl.String,
+    "adult_child": pl.Int64,
+    "age": pl.Int64,
+    "sex": pl.Int64,
+    "handedness": pl.Int64,
+    "height_cm": pl.Float64,
+    "shoulder_to_wrist_cm": pl.Int64,
+    "elbow_to_wrist_cm": pl.Float64,
+}
+
+
+def _sensor_frame_dtype(column: str) -> type[pl.DataType]:
+    if column in _STRING_COLUMNS:
+        return pl.String
+    if column == "sequence_counter":
+        return pl.Int64
+    return pl.Float64
+
+
+TRAIN_SCHEMA: dict[str, type[pl.DataType]] = {c: _sensor_frame_dtype(c) for c in TRAIN_COLUMNS}
+TEST_SCHEMA: dict[str, type[pl.DataType]] = {c: _sensor_frame_dtype(c) for c in TEST_COLUMNS}
+DEMOGRAPHICS_SCHEMA: dict[str, type[pl.DataType]] = dict(_DEMOGRAPHICS_DTYPES)
+
+RAW_FILES: dict[str, dict[str, type[pl.DataType]]] = {
+    "train.csv": TRAIN_SCHEMA,
+    "train_demographics.csv": DEMOGRAPHICS_SCHEMA,
+    "test.csv": TEST_SCHEMA,
+    "test_demographics.csv": DEMOGRAPHICS_SCHEMA,
+}
+
+
+class SchemaError(ValueError):
+    """A raw file does not match the competition schema; the message names file and problem."""
+
+
+@dataclass(frozen=True)
+class RawData:
+    train: pl.DataFrame
+    train_demographics: pl.DataFrame
+    test: pl.DataFrame
+    test_demographics: pl.DataFrame
+
+
+def read_csv_checked(path: Path, schema: dict[str, type[pl.DataType]]) -> pl.DataFrame:
+    """Read one raw CSV with the expected dtypes, raising SchemaError that names the file."""
+    path = Path(path)
+    if not path.exists():
+        raise SchemaError(
+            f"{path}: file not found. Download the competition files with "
+            "`kaggle competitions download -c cmi-detect-behavior-with-sensor-data` and unzip "
+            f"them into {path.parent}/ (or run `cmi synth --preset demo --out {path.parent}`)."
+        )
+    if path.stat().st_size == 0:
+        raise SchemaError(f"{path}: file is empty")
+    header = pl.read_csv(path, n_rows=0).columns
+    _check_columns(path, header, tuple(schema))
+    try:
+        frame = pl.read_csv(path, schema=schema)
+    except (pl.exceptions.ComputeError, pl.exceptions.InvalidOperationError) as err:
+        where = _first_bad_value(path, schema)
+        raise SchemaError(f"{path}: wrong type: {where}") from err
+    if frame.height == 0:
+        raise SchemaError(f"{path}: file has a header but no rows")
+    return frame
+
+
+def _check_columns(path: Path, found: list[str], expected: tuple[str, ...]) -> None:
+    missing = [c for c in expected if c not in found]
+    extra = [c for c in found if c not in expected]
+    if missing:
+        raise SchemaError(
+            f"{path}: missing column(s) {missing[:5]}{'...' if len(missing) > 5 else ''}"
+        )
+    if extra:
+        raise SchemaError(
+            f"{path}: unexpected column(s) {extra[:5]}{'...' if len(extra) > 5 else ''}"
+        )
+    if tuple(found) != expected:
+        raise SchemaError(f"{path}: columns are not in the competition's order")
+
+
+def _first_bad_value(path: Path, schema: dict[str, type[pl.DataType]]) -> str:
+    raw = pl.read_csv(path, infer_schema=False)
+    for column, dtype in schema.items():
+        if dtype is pl.String:
+            continue
+        values = raw.get_column(column)
+        cast = values.cast(dtype, strict=False)
+        bad = cast.is_null() & values.is_not_null() & (values.str.strip_chars() != "")
+        if bad.any():
+            row = int(bad.arg_max())
+            return f"column {column!r}, data row {row + 1}: {values[row]!r} is not {dtype.__name__}"
+    return "a value does not parse"
+
+
+def validate_sensor_frame(path: Path, frame: pl.DataFrame, *, labelled: bool) -> None:
+    """Checks that go beyond dtypes: ids, duplicates, one subject per sequence, labels."""
+    dup = frame.get_column("row_id").is_duplicated()
+    if dup.any():
+        raise SchemaError(f"{path}: duplicate row_id {frame['row_id'][int(dup.arg_max())]!r}")
+    if frame.get_column("sequence_id").null_count() or frame.get_column("subject").null_count():
+        raise SchemaError(f"{path}: null sequence_id or subject")
+    subjects = frame.group_by("sequence_id").agg(pl.col("subject").n_unique().alias("n"))
+    bad = subjects.filter(pl.col("n") > 1)
+    if bad.height:
+        raise SchemaError(f"{path}: sequence {bad['sequence_id'][0]!r} has more than one subject")
+    if labelled:
+        unknown = frame.filter(~pl.col("gesture").is_in(list(GESTURES)))
+        if unknown.height:
+            raise SchemaError(
+                f"{path}: unknown gesture {unknown['gesture'][0]!r} (row_id {unknown['row_id'][0]!r})"
+            )
+        labels = frame.group_by("sequence_id").agg(pl.col("gesture").n_unique().alias("n"))
+        bad = labels.filter(pl.col("n") > 1)
+        if bad.height:
+            raise SchemaError(
+                f"{path}: sequence {bad['sequence_id'][0]!r} has more than one gesture"
+            )
+
+
+def validate_demographics(
+    path: Path, demographics: pl.DataFrame, sensor_frame: pl.DataFrame
+) -> None:
+    dup = demographics.get_column("subject").is_duplicated()
+    if dup.any():
+        raise SchemaError(
+            f"{path}: duplicate subject {demographics['subject'][int(dup.arg_max())]!r}"
+        )
+    known = set(demographics.get_column("subject").to_list())
+    missing = sorted(set(sensor_frame.get_column("subject").unique().to_list()) - known)
+    if missing:
+        raise SchemaError(f"{path}: no demographics row for subject(s) {missing[:5]}")
+
+
+def read_raw_dir(raw_dir: Path, *, with_test: bool = True) -> RawData:
+    """Read and validate the competition CSVs in ``raw_dir``; SchemaError names the bad file."""
+    raw_dir = Path(raw_dir)
+    train_path = raw_dir / "train.csv"
+    train = read_csv_checked(train_path, TRAIN_SCHEMA)
+    validate_sensor_frame(train_path, train, labelled=True)
+    train_demo_path = raw_dir / "train_demographics.csv"
+    train_demo = read_csv_checked(train_demo_path, DEMOGRAPHICS_SCHEMA)
+    validate_demographics(train_demo_path, train_demo, train)
+    test = pl.DataFrame(schema=TEST_SCHEMA)
+    test_demo = pl.DataFrame(schema=DEMOGRAPHICS_SCHEMA)
+    if with_test:
+        test_path = raw_dir / "test.csv"
+        test = read_csv_checked(test_path, TEST_SCHEMA)
+        validate_sensor_frame(test_path, test, labelled=False)
+        test_demo_path = raw_dir / "test_demographics.csv"
+        test_demo = read_csv_checked(test_demo_path, DEMOGRAPHICS_SCHEMA)
+        validate_demographics(test_demo_path, test_demo, test)
+    return RawData(train, train_demo, test, test_demo)

@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny synthetic data made once per session, and projects built on it.
+
+Session-scoped projects are read-only by convention: a test that writes copies one first
+(``pipeline_helpers.copy_project``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pipeline_helpers import make_project, run_stage
+
+
+@pytest.fixture(scope="session")
+def tiny_raw_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from cmi.synth import write_synthetic
+
+    out = tmp_path_factory.mktemp("tiny_raw")
+    write_synthetic("tiny", out, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_features_project(tmp_path_factory: pytest.TempPathFactory, tiny_raw_dir: Path) -> Path:
+    """A project with extract and folds done on tiny data."""
+    root = make_project(tmp_path_factory.mktemp("tiny_features"), tiny_raw_dir)
+    run_stage("extract.py", root)
+    run_stage("make_folds.py", root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_project(
+    tiny_features_project: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A project with every stage run through bundle on tiny data."""
+    from pipeline_helpers import copy_project
+
+    root = copy_project(tiny_features_project, tmp_path_factory.mktemp("tiny_trained") / "p")
+    for script in ("train_lgbm.py", "train_torch.py", "oof_blend.py", "bundle.py"):
+        run_stage(script, root)
+    return root
