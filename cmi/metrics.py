@@ -1,4 +1,4 @@
-"""The competition metric: 0.5 * binary F1 (target vs not) + 0.5 * macro F1 with non-targets collapsed."""
+"""The competition metric: 0.5 * binary F1 (target or not) + 0.5 * collapsed macro F1."""
 
 from __future__ import annotations
 

@@ -209,8 +209,9 @@ def validate_sensor_frame(path: Path, frame: pl.DataFrame, *, labelled: bool) ->
     if labelled:
         unknown = frame.filter(~pl.col("gesture").is_in(list(GESTURES)))
         if unknown.height:
+            row_id = unknown["row_id"][0]
             raise SchemaError(
-                f"{path}: unknown gesture {unknown['gesture'][0]!r} (row_id {unknown['row_id'][0]!r})"
+                f"{path}: unknown gesture {unknown['gesture'][0]!r} (row_id {row_id!r})"
             )
         labels = frame.group_by("sequence_id").agg(pl.col("gesture").n_unique().alias("n"))
         bad = labels.filter(pl.col("n") > 1)
