@@ -30,6 +30,8 @@ data: $(STAMP)
 
 repro: data
 	$(BIN)/cmi validate $(RAW)
+	# Track the raw data with DVC so experiments in queue worktrees find it too.
+	$(BIN)/dvc add --quiet $(RAW)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc repro
 	@$(PY) -m cmi.summary
 

@@ -21,7 +21,11 @@ def _as_gesture_strings(labels: Sequence[str] | Sequence[int] | np.ndarray) -> l
                 raise ValueError(f"{label!r} is not one of the 18 gestures")
             out.append(label)
         else:
-            out.append(GESTURES[int(label)])
+            index = int(label)
+            # A plain GESTURES[index] would wrap -1 round to the last gesture.
+            if not 0 <= index < len(GESTURES):
+                raise ValueError(f"class index {index} is not one of the 18 gestures (0..17)")
+            out.append(GESTURES[index])
     return out
 
 

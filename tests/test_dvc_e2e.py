@@ -95,6 +95,9 @@ def repo(workdir: Path, tiny_raw_dir: Path) -> Path:
     git(root, "add", "-A")
     git(root, "commit", "-qm", "project")
     shutil.copytree(tiny_raw_dir, root / "data" / "raw")
+    dvc(root, "add", "data/raw")
+    git(root, "add", "data/raw.dvc", "data/.gitignore")
+    git(root, "commit", "-qm", "raw data tracked by DVC")
     return root
 
 
@@ -214,7 +217,30 @@ def test_exp_run_reruns_only_blend_and_bundle(repo: Path) -> None:
     assert "wtorch07" in shown
     diff = dvc(repo, "metrics", "diff", "HEAD")
     assert "blend.json" in diff
-    dvc(repo, "exp", "show", "--csv")
+
+
+def test_queued_experiments_run_in_parallel(repo: Path) -> None:
+    for weight in ("0.3", "0.5"):
+        dvc(
+            repo,
+            "exp",
+            "run",
+            "--queue",
+            "-n",
+            f"w{weight[-1]}",
+            "-S",
+            f"ensemble.w_torch={weight}",
+        )
+    dvc(repo, "queue", "start", "-j", "2")
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = dvc(repo, "queue", "status")
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(2)
+    assert "Failed" not in status, status + dvc(repo, "queue", "logs", "w3", check=False)
+    shown = dvc(repo, "exp", "show", "--csv")
+    assert "w3" in shown and "w5" in shown, shown
 
 
 def _kill_during_torch_epoch(cmd: list[str], repo: Path, fold_dir: str) -> str:
