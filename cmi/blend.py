@@ -77,13 +77,14 @@ def _check_oof(frame: pl.DataFrame, name: str) -> None:
         raise BlendError(f"{name}: missing column(s) {missing[:5]}")
     dup = frame.get_column("sequence_id").is_duplicated()
     if dup.any():
-        raise BlendError(f"{name}: duplicate sequence_id {frame['sequence_id'][int(dup.arg_max())]!r}")
+        raise BlendError(
+            f"{name}: duplicate sequence_id {frame['sequence_id'][int(dup.arg_max())]!r}"
+        )
     proba = proba_matrix(frame)
     bad = ~np.isfinite(proba).all(axis=1)
     if bad.any():
-        raise BlendError(
-            f"{name}: non-finite probability for sequence {frame['sequence_id'][int(bad.argmax())]!r}"
-        )
+        sequence = frame["sequence_id"][int(bad.argmax())]
+        raise BlendError(f"{name}: non-finite probability for sequence {sequence!r}")
 
 
 def align_oof(
@@ -177,7 +178,9 @@ def _nelder_mead(inputs: BlendInputs, start: float) -> float:
 def fit_weights(inputs: BlendInputs, fixed: dict, method: str) -> dict:
     """The weight pair maximizing the OOF score (``fixed`` when method is 'none' or no rows)."""
     if method not in OPTIMIZERS:
-        raise BlendError(f"params.yaml: ensemble.optimize must be one of {OPTIMIZERS} (got {method!r})")
+        raise BlendError(
+            f"params.yaml: ensemble.optimize must be one of {OPTIMIZERS} (got {method!r})"
+        )
     if method == "none" or len(inputs) == 0:
         return dict(fixed)
     search = _grid_search if method == "grid" else _nelder_mead

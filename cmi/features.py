@@ -1,0 +1,735 @@
+"""The one feature code path: per-frame channels (Torch) and per-sequence statistics (LightGBM).
+
+Training (``stages/extract.py``, the whole train table at once) and inference (one sequence
+per call) run exactly the same two functions: ``prepare_sensor_frame`` then
+``compute_features``. After ``prepare_sensor_frame`` everything is numpy over the rows sorted
+by (sequence_id, sequence_counter), where each sequence is a contiguous block of rows; the
+batch is vectorized over all blocks at once (no Python loop per sequence) and a single
+sequence is simply the batch with one block, so both give the same numbers.
+
+Frame channels (``frame_channels``), all Float32:
+- IMU, never null: raw ``acc_x/y/z``; the unit quaternion ``rot_w/x/y/z`` with w >= 0;
+  ``linear_acc_x/y/z`` (gravity removed); ``angular_vel_x/y/z`` (rad/s, device frame) and
+  ``angular_distance`` (rad between consecutive frames); ``acc_mag``, ``linear_acc_mag``;
+  ``acc_mag_jerk`` (d|acc|/dt).
+- modality (names start with "thm"/"tof"): ``thm_1..5``; per ToF sensor s ``tof_s_mean`` and
+  ``tof_s_min`` of the valid pixels, ``tof_s_invalid`` (share of -1 pixels) and, with
+  ``tof_regions``, ``tof_s_r0..r3`` (mean of valid pixels of the four 4x4 quadrants). They are
+  null when the sensor reported nothing in the whole sequence (all of them for IMU-only
+  sequences); gaps inside a sequence are forward/backward filled.
+
+Sequence features (``sequence_feature_names``): for every frame channel the statistics in
+``WHOLE_STATS`` over the whole sequence and ``SEGMENT_STATS`` over each of ``n_segments``
+consecutive segments (``<channel>__<stat>``, ``<channel>__seg<k>_<stat>``), then ``length``
+and the demographics (``DEMOGRAPHIC_FEATURES``; null for an unknown subject).
+
+Handedness: left-handed subjects are NOT mirrored here. ``handedness`` is a feature (and a
+column of the sequence table) so the models can learn the difference, and there is one simple
+code path with no subject-dependent geometry that could silently disagree between training
+and inference. Mirroring, if wanted, belongs in a model's own augmentation.
+
+The five train-only columns never reach this module's outputs: ``prepare_sensor_frame``
+keeps only ids and sensor columns.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import polars as pl
+
+from cmi.params import ExtractParams
+from cmi.schema import (
+    ACC_COLUMNS,
+    DEMOGRAPHICS_COLUMNS,
+    N_TOF_PIXELS,
+    N_TOF_SENSORS,
+    ROT_COLUMNS,
+    SENSOR_COLUMNS,
+    THM_COLUMNS,
+)
+
+GRAVITY = 9.81  # m/s^2, world frame z axis
+# ToF valid distances are 0..249; a frame whose pixels are all -1 ("no reflection") saw
+# nothing within range, so its nearest/mean valid distance is set just beyond the range.
+TOF_NO_REFLECTION = 255.0
+MISSING_SEQUENCE_ID = "unknown"
+
+SEQUENCE_KEYS: tuple[str, ...] = ("sequence_id", "sequence_counter")
+PREPARED_ID_COLUMNS: tuple[str, ...] = ("sequence_id", "sequence_counter", "subject")
+PREPARED_SCHEMA: dict[str, pl.DataType] = {
+    "sequence_id": pl.String(),
+    "sequence_counter": pl.Int64(),
+    "subject": pl.String(),
+    **{c: pl.Float64() for c in SENSOR_COLUMNS},
+}
+
+IMU_CHANNELS: tuple[str, ...] = (
+    *ACC_COLUMNS,
+    *ROT_COLUMNS,
+    "linear_acc_x",
+    "linear_acc_y",
+    "linear_acc_z",
+    "angular_vel_x",
+    "angular_vel_y",
+    "angular_vel_z",
+    "angular_distance",
+    "acc_mag",
+    "linear_acc_mag",
+    "acc_mag_jerk",
+)
+QUANTILES: dict[str, float] = {"q10": 0.1, "q50": 0.5, "q90": 0.9}
+WHOLE_STATS: tuple[str, ...] = (
+    "mean",
+    "std",
+    "min",
+    "max",
+    *QUANTILES,
+    "range",
+    "first",
+    "last",
+    "slope",
+    "energy",
+)
+SEGMENT_STATS: tuple[str, ...] = ("mean", "std", "min", "max", "slope")
+DEMOGRAPHIC_FEATURES: tuple[str, ...] = tuple(c for c in DEMOGRAPHICS_COLUMNS if c != "subject")
+SEQUENCE_TABLE_COLUMNS: tuple[str, ...] = (
+    "sequence_id",
+    "subject",
+    "sensor_group",
+    "length",
+    "handedness",
+)
+_SENSOR_INDEX: dict[str, int] = {c: i for i, c in enumerate(SENSOR_COLUMNS)}
+_TOF_SENSOR_COLUMNS: dict[int, tuple[str, ...]] = {
+    s: tuple(f"tof_{s}_v{p}" for p in range(N_TOF_PIXELS)) for s in range(1, N_TOF_SENSORS + 1)
+}
+# Pixel v{p} is row p // 8, column p % 8 of the 8x8 image; regions are its 4x4 quadrants.
+_TOF_REGION_PIXELS: tuple[np.ndarray, ...] = tuple(
+    np.array([r * 8 + c for r in rows for c in cols])
+    for rows in (range(0, 4), range(4, 8))
+    for cols in (range(0, 4), range(4, 8))
+)
+
+
+def is_modality_channel(name: str) -> bool:
+    """thm/tof channels and the sequence features built from them: null for IMU-only data."""
+    return name.startswith(("thm", "tof"))
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """Outputs of ``compute_features``; no labels.
+
+    sequences: sequence_id, subject, sensor_group ("full" | "imu_only"), length (Int32),
+      handedness (Int32, null for an unknown subject); sorted by sequence_id.
+    sequence_features: sequence_id + Float32 columns in ``sequence_feature_names`` order.
+    frame_features: sequence_id, sequence_counter (Int32) + Float32 columns in
+      ``frame_channels`` order; rows sorted by (sequence_id, sequence_counter).
+    """
+
+    sequences: pl.DataFrame
+    sequence_features: pl.DataFrame
+    frame_features: pl.DataFrame
+
+
+# ----------------------------------------------------------------------------- names
+
+
+def _tof_channel_names(tof_regions: bool) -> tuple[str, ...]:
+    per_sensor = ["mean", "min", "invalid"]
+    if tof_regions:
+        per_sensor += [f"r{k}" for k in range(len(_TOF_REGION_PIXELS))]
+    return tuple(f"tof_{s}_{n}" for s in range(1, N_TOF_SENSORS + 1) for n in per_sensor)
+
+
+@lru_cache(maxsize=8)
+def _frame_channels(tof_regions: bool) -> tuple[str, ...]:
+    return (*IMU_CHANNELS, *THM_COLUMNS, *_tof_channel_names(tof_regions))
+
+
+def frame_channels(params: ExtractParams) -> list[str]:
+    """Torch input channels, in frame_features column order."""
+    return list(_frame_channels(params.tof_regions))
+
+
+def _segments(params: ExtractParams) -> int:
+    # One segment would repeat the whole-sequence statistics.
+    return params.n_segments if params.n_segments > 1 else 0
+
+
+@lru_cache(maxsize=8)
+def _sequence_feature_names(tof_regions: bool, n_segments: int) -> tuple[str, ...]:
+    names: list[str] = []
+    for channel in _frame_channels(tof_regions):
+        names += [f"{channel}__{stat}" for stat in WHOLE_STATS]
+        for k in range(n_segments):
+            names += [f"{channel}__seg{k}_{stat}" for stat in SEGMENT_STATS]
+    return (*names, "length", *DEMOGRAPHIC_FEATURES)
+
+
+def sequence_feature_names(params: ExtractParams) -> list[str]:
+    """LightGBM features, in sequence_features column order (without sequence_id)."""
+    return list(_sequence_feature_names(params.tof_regions, _segments(params)))
+
+
+# ----------------------------------------------------------------------------- input coercion
+
+
+def _as_float(names: Sequence[str], present: set[str]) -> list[pl.Expr]:
+    """Float64 expressions for ``names``: cast (numbers in strings parsed, else null).
+
+    Consecutive present columns share one multi-column expression: polars' cost is mostly per
+    expression, and this keeps the preparation of one sequence fast. NaN/inf are handled by
+    ``_non_finite_to_null``.
+    """
+    exprs: list[pl.Expr] = []
+    run: list[str] = []
+    for name in [*names, None]:
+        if name is not None and name in present:
+            run.append(name)
+            continue
+        if run:
+            exprs.append(pl.col(run).cast(pl.Float64, strict=False))
+            run = []
+        if name is not None:
+            exprs.append(pl.lit(None, dtype=pl.Float64).alias(name))
+    return exprs
+
+
+def _as_string(name: str, present: set[str]) -> pl.Expr:
+    if name not in present:
+        return pl.lit(None, dtype=pl.String).alias(name)
+    return pl.col(name).cast(pl.String, strict=False).alias(name)
+
+
+# Non-finite check converts at most this many values to numpy at once (memory on the full table).
+_CHECK_VALUES = 20_000_000
+
+
+def _non_finite_to_null(frame: pl.DataFrame, names: Sequence[str]) -> pl.DataFrame:
+    """NaN and +-inf -> null in the Float64 columns ``names``.
+
+    Detected in numpy (a column has more non-finite values than nulls) and only those columns
+    are rewritten: they are rare, and a polars NaN/inf rewrite of every column would cost
+    ~10 ms on one sequence.
+    """
+    if not names or frame.height == 0:
+        return frame
+    bad: list[str] = []
+    step = max(1, _CHECK_VALUES // frame.height)
+    for i in range(0, len(names), step):
+        chunk = frame.select(pl.col(names[i : i + step]))
+        non_finite = (~np.isfinite(chunk.to_numpy())).sum(axis=0)
+        nulls = chunk.null_count().row(0)
+        bad += [c for c, n, k in zip(chunk.columns, non_finite, nulls, strict=True) if n != k]
+    if not bad:
+        return frame
+    return frame.with_columns(pl.when(pl.col(bad).is_finite()).then(pl.col(bad)).name.keep())
+
+
+def prepare_sensor_frame(frame: pl.DataFrame) -> pl.DataFrame:
+    """Coerce any sensor table (train, Kaggle test, odd inference input) to ``PREPARED_SCHEMA``.
+
+    Keeps sequence_id (String; missing -> "unknown"), sequence_counter (Int64; missing ->
+    row position), subject (String) and every sensor column as Float64, in that order. Extra
+    columns (train-only labels included) are dropped, missing sensor columns are added as
+    null, numbers in strings are parsed (unparsable -> null), NaN/inf -> null.
+    """
+    present = set(frame.columns)
+    position = pl.int_range(pl.len(), dtype=pl.Int64)
+    if "sequence_counter" in present:
+        counter = pl.col("sequence_counter").cast(pl.Float64, strict=False)
+        counter = pl.when(counter.is_finite()).then(counter).cast(pl.Int64).fill_null(position)
+    else:
+        counter = position
+    prepared = frame.select(
+        _as_string("sequence_id", present).fill_null(MISSING_SEQUENCE_ID),
+        counter.alias("sequence_counter"),
+        _as_string("subject", present),
+        *_as_float(SENSOR_COLUMNS, present),
+    )
+    return _non_finite_to_null(prepared, [c for c in SENSOR_COLUMNS if c in present])
+
+
+def _is_prepared(frame: pl.DataFrame) -> bool:
+    return frame.columns == list(PREPARED_SCHEMA) and frame.dtypes == list(PREPARED_SCHEMA.values())
+
+
+def _demographics_lookup(demographics: pl.DataFrame | None) -> dict[str, np.ndarray]:
+    """subject -> demographic features (Float64, NaN where missing); the first row wins."""
+    if demographics is None or "subject" not in demographics.columns:
+        return {}
+    present = set(demographics.columns)
+    prepared = demographics.select(
+        _as_string("subject", present), *_as_float(DEMOGRAPHIC_FEATURES, present)
+    )
+    values = np.column_stack(
+        [prepared.get_column(c).to_numpy().astype(np.float64) for c in DEMOGRAPHIC_FEATURES]
+    )
+    values[~np.isfinite(values)] = np.nan
+    lookup: dict[str, np.ndarray] = {}
+    for subject, row in zip(prepared.get_column("subject").to_list(), values, strict=True):
+        if subject is not None and subject not in lookup:
+            lookup[subject] = row
+    return lookup
+
+
+# ----------------------------------------------------------------------------- row groups
+
+
+@dataclass(frozen=True)
+class _Groups:
+    """Contiguous row blocks: block g is rows starts[g] .. starts[g] + counts[g] - 1."""
+
+    starts: np.ndarray  # (G,) int64
+    counts: np.ndarray  # (G,) int64
+    n_rows: int
+
+    @property
+    def ends(self) -> np.ndarray:
+        return self.starts + self.counts
+
+    def per_row(self, values: np.ndarray) -> np.ndarray:
+        """Broadcast one value per group (G, ...) to its rows (R, ...)."""
+        return np.repeat(values, self.counts, axis=0)
+
+    def index_in_group(self) -> np.ndarray:
+        return np.arange(self.n_rows, dtype=np.int64) - self.per_row(self.starts)
+
+    def segments(self, n_segments: int) -> _Groups:
+        """Split every group into ``n_segments`` consecutive parts (some empty if short)."""
+        k = np.arange(n_segments + 1, dtype=np.int64)
+        bounds = self.starts[:, None] + (k[None, :] * self.counts[:, None]) // n_segments
+        return _Groups(bounds[:, :-1].reshape(-1), np.diff(bounds, axis=1).reshape(-1), self.n_rows)
+
+
+def _groups_from_ids(sequence_ids: np.ndarray) -> _Groups:
+    change = np.ones(len(sequence_ids), dtype=bool)
+    change[1:] = sequence_ids[1:] != sequence_ids[:-1]
+    starts = np.flatnonzero(change).astype(np.int64)
+    counts = np.diff(np.append(starts, len(sequence_ids))).astype(np.int64)
+    return _Groups(starts, counts, len(sequence_ids))
+
+
+def _fill_within_groups(values: np.ndarray, valid: np.ndarray, groups: _Groups) -> np.ndarray:
+    """Forward-fill, then backward-fill, each column inside each group; (R, C) -> (R, C).
+
+    Rows of a group with no valid value stay NaN. ``valid`` is (R, C) bool.
+    """
+    rows = np.arange(groups.n_rows, dtype=np.int64)[:, None]
+    cols = np.arange(values.shape[1])[None, :]
+    prev = np.maximum.accumulate(np.where(valid, rows, -1), axis=0)
+    nxt = np.minimum.accumulate(np.where(valid, rows, groups.n_rows)[::-1], axis=0)[::-1]
+    has_prev = prev >= groups.per_row(groups.starts)[:, None]
+    has_next = nxt < groups.per_row(groups.ends)[:, None]
+    source = np.where(has_prev, prev, np.where(has_next, nxt, 0))
+    filled = values[source, cols]
+    filled[~(has_prev | has_next)] = np.nan
+    return filled
+
+
+# ----------------------------------------------------------------------------- quaternions
+
+
+def quaternion_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamilton product of (..., 4) arrays in (w, x, y, z) order."""
+    aw, ax, ay, az = np.moveaxis(a, -1, 0)
+    bw, bx, by, bz = np.moveaxis(b, -1, 0)
+    return np.stack(
+        [
+            aw * bw - ax * bx - ay * by - az * bz,
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+        ],
+        axis=-1,
+    )
+
+
+def canonical_quaternions(quat: np.ndarray) -> np.ndarray:
+    """Unit quaternions with w >= 0.
+
+    q and -q are the same orientation and the device may report either; without a canonical
+    sign the rot_* channels jump between two values for one pose, which a tree split or a
+    convolution would read as motion. Forcing w >= 0 picks one representative per pose.
+    """
+    norm = np.linalg.norm(quat, axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        unit = quat / norm
+    return np.where(unit[..., :1] < 0, -unit, unit)
+
+
+def gravity_in_device_frame(quat: np.ndarray) -> np.ndarray:
+    """R(q)^T [0, 0, g] for unit (w, x, y, z) quaternions mapping device -> world; (..., 3)."""
+    w, x, y, z = np.moveaxis(quat, -1, 0)
+    # Third row of the rotation matrix of q, i.e. the world z axis seen from the device.
+    return GRAVITY * np.stack(
+        [2.0 * (x * z - w * y), 2.0 * (y * z + w * x), 1.0 - 2.0 * (x * x + y * y)], axis=-1
+    )
+
+
+def relative_rotation_vectors(q_from: np.ndarray, q_to: np.ndarray) -> np.ndarray:
+    """Rotation vector (axis * angle, rad, device frame of q_from) taking q_from to q_to.
+
+    dq = q_from^-1 * q_to; dq and -dq are the same rotation, so dq is flipped to w >= 0,
+    which picks the short way round and makes the result independent of the signs of the
+    two inputs.
+    """
+    conj = q_from * np.array([1.0, -1.0, -1.0, -1.0])
+    dq = quaternion_multiply(conj, q_to)
+    dq = np.where(dq[..., :1] < 0, -dq, dq)
+    vec = dq[..., 1:]
+    sin_half = np.linalg.norm(vec, axis=-1, keepdims=True)
+    cos_half = np.clip(dq[..., :1], 0.0, None)
+    angle = 2.0 * np.arctan2(sin_half, cos_half)
+    # angle / sin_half -> 2 / cos_half as the rotation vanishes (no 0/0).
+    tiny = sin_half < 1e-12
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(tiny, 2.0 / np.maximum(cos_half, 1e-12), angle / sin_half)
+    return vec * ratio
+
+
+def angular_velocity(quat: np.ndarray, groups: _Groups, sampling_rate_hz: float) -> np.ndarray:
+    """(R, 3) rad/s from each frame to the next of the same sequence; 0 on a sequence's last."""
+    omega = np.zeros((quat.shape[0], 3))
+    if quat.shape[0] > 1:
+        omega[:-1] = relative_rotation_vectors(quat[:-1], quat[1:]) * sampling_rate_hz
+    omega[groups.ends - 1] = 0.0
+    return omega
+
+
+# ----------------------------------------------------------------------------- frame channels
+
+
+def _imu_channels(
+    acc_raw: np.ndarray, rot_raw: np.ndarray, groups: _Groups, sampling_rate_hz: float
+) -> np.ndarray:
+    """(R, len(IMU_CHANNELS)); never NaN.
+
+    acc: gaps filled from the nearest frame of the sequence, a sequence without acc -> 0.
+    rot: a row whose quaternion is incomplete or zero is filled from the nearest good frame of
+    the sequence; a sequence with no quaternion at all gets the identity and its linear
+    acceleration is acc minus the sequence's mean acc (gravity is the only acceleration that
+    does not average out over a gesture, so the mean is the best gravity estimate we have).
+    """
+    acc = _fill_within_groups(acc_raw, np.isfinite(acc_raw), groups)
+    acc = np.nan_to_num(acc, nan=0.0)
+
+    rot_ok = np.isfinite(rot_raw).all(axis=1) & (np.abs(rot_raw).sum(axis=1) > 1e-8)
+    rot = _fill_within_groups(rot_raw, np.repeat(rot_ok[:, None], 4, axis=1), groups)
+    no_rot = ~np.isfinite(rot).all(axis=1)
+    rot[no_rot] = (1.0, 0.0, 0.0, 0.0)
+    rot = canonical_quaternions(rot)
+
+    linear = acc - gravity_in_device_frame(rot)
+    seq_has_rot = np.logical_or.reduceat(rot_ok, groups.starts)
+    without = ~groups.per_row(seq_has_rot)
+    if without.any():
+        mean_acc = np.add.reduceat(acc, groups.starts, axis=0) / groups.counts[:, None]
+        linear[without] = (acc - groups.per_row(mean_acc))[without]
+
+    omega = angular_velocity(rot, groups, sampling_rate_hz)
+    distance = np.linalg.norm(omega, axis=1, keepdims=True) / sampling_rate_hz
+    acc_mag = np.linalg.norm(acc, axis=1, keepdims=True)
+    linear_mag = np.linalg.norm(linear, axis=1, keepdims=True)
+    jerk = np.zeros_like(acc_mag)
+    jerk[1:] = np.diff(acc_mag, axis=0) * sampling_rate_hz
+    jerk[groups.starts] = 0.0
+    return np.hstack([acc, rot, linear, omega, distance, acc_mag, linear_mag, jerk])
+
+
+def _tof_sensor_channels(pixels: np.ndarray, tof_regions: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One sensor's (R, 64) pixels -> (R, k) channels and (R,) "reported anything" flag.
+
+    Pixels >= 0 are valid distances; negative values (-1) mean no reflection; null means the
+    sensor was absent. A frame with no valid pixel gets TOF_NO_REFLECTION as mean/min.
+    """
+    reported = ~np.isnan(pixels)
+    valid = pixels >= 0  # False for NaN
+    n_reported = reported.sum(axis=1)
+    n_valid = valid.sum(axis=1)
+    masked = np.where(valid, pixels, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(n_valid > 0, masked.sum(axis=1) / n_valid, TOF_NO_REFLECTION)
+        minimum = np.where(valid, pixels, np.inf).min(axis=1)
+        minimum = np.where(n_valid > 0, minimum, TOF_NO_REFLECTION)
+        invalid_share = (reported & ~valid).sum(axis=1) / n_reported
+        columns = [mean, minimum, invalid_share]
+        if tof_regions:
+            for region in _TOF_REGION_PIXELS:
+                n_region = valid[:, region].sum(axis=1)
+                total = masked[:, region].sum(axis=1)
+                columns.append(np.where(n_region > 0, total / n_region, TOF_NO_REFLECTION))
+    out = np.stack(columns, axis=1)
+    any_reported = n_reported > 0
+    out[~any_reported] = np.nan
+    return out, any_reported
+
+
+def _modality_channels(
+    blocks: _SensorBlocks, groups: _Groups, tof_regions: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """(R, 5 + tof channels) thm/tof channels, gaps filled inside each sequence, else NaN.
+
+    Also returns per row whether any thm/tof value was reported (for sensor_group).
+    """
+    thm = blocks.get(THM_COLUMNS)
+    reported = ~np.isnan(thm).all(axis=1)
+    channels = [thm]
+    for sensor in range(1, N_TOF_SENSORS + 1):
+        tof, tof_reported = _tof_sensor_channels(
+            blocks.get(_TOF_SENSOR_COLUMNS[sensor]), tof_regions
+        )
+        channels.append(tof)
+        reported |= tof_reported
+    values = np.hstack(channels)
+    return _fill_within_groups(values, ~np.isnan(values), groups), reported
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def _group_quantiles(
+    values: np.ndarray, groups: _Groups, row_group: np.ndarray, quantiles: Sequence[float]
+) -> list[np.ndarray]:
+    """Per-group linear-interpolated quantiles (numpy's default) of each column; (G, C) each.
+
+    One argsort per column sorts every group at once: the key is group index + the value
+    scaled into [0, 0.5], so groups stay apart and each is sorted inside. A column that is
+    NaN in a group is NaN in all of that group's rows (callers fill gaps first), so NaN keys
+    can sit anywhere inside their group.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low = np.nanmin(values, axis=0)
+        span = np.nanmax(values, axis=0) - low
+    low = np.nan_to_num(low, nan=0.0)
+    scale = np.where(np.isfinite(span) & (span > 0), 0.5 / np.where(span > 0, span, 1.0), 0.0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        key = (np.nan_to_num(values - low, nan=0.0) * scale) + row_group[:, None]
+    order = np.argsort(key, axis=0)
+    for c in np.flatnonzero(~np.isfinite(span) & ~np.isnan(span)):
+        # values too large to scale safely: sort that column the slow exact way
+        order[:, c] = np.lexsort((values[:, c], row_group))
+    ordered = np.take_along_axis(values, order, axis=0)
+    last = groups.ends - 1
+    out = []
+    for q in quantiles:
+        position = groups.starts + q * (groups.counts - 1)
+        below = np.floor(position).astype(np.int64)
+        above = np.minimum(below + 1, last)
+        fraction = (position - below)[:, None]
+        out.append(ordered[below] + fraction * (ordered[above] - ordered[below]))
+    return out
+
+
+def _group_stats(
+    values: np.ndarray, groups: _Groups, time_s: np.ndarray, stats: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """Statistics of every column over every group: {stat: (G, C)}; NaN for empty groups.
+
+    std is the population std (ddof=0, defined for one frame); slope is the least-squares
+    slope against time in seconds (NaN for one frame); energy is the mean of squares.
+    """
+    n = groups.counts[:, None].astype(np.float64)
+    empty = groups.counts == 0
+    # reduceat needs in-range indices; an empty group's result is discarded below.
+    starts = np.minimum(groups.starts, groups.n_rows - 1)
+    out: dict[str, np.ndarray] = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.add.reduceat(values, starts, axis=0) / n
+        centered = values - groups.per_row(mean)
+        out["mean"] = mean
+        if "std" in stats:
+            out["std"] = np.sqrt(np.add.reduceat(centered * centered, starts, axis=0) / n)
+        if "energy" in stats:
+            out["energy"] = np.add.reduceat(values * values, starts, axis=0) / n
+        if {"min", "max", "range"} & set(stats):
+            out["min"] = np.minimum.reduceat(values, starts, axis=0)
+            out["max"] = np.maximum.reduceat(values, starts, axis=0)
+            out["range"] = out["max"] - out["min"]
+        if "first" in stats:
+            out["first"] = values[starts]
+        if "last" in stats:
+            out["last"] = values[np.maximum(groups.ends - 1, 0)]
+        if "slope" in stats:
+            t_mean = np.add.reduceat(time_s, starts) / groups.counts
+            t_centered = time_s - groups.per_row(t_mean)
+            s_tt = np.add.reduceat(t_centered * t_centered, starts)
+            s_tx = np.add.reduceat(t_centered[:, None] * centered, starts, axis=0)
+            out["slope"] = s_tx / np.where(s_tt > 0, s_tt, np.nan)[:, None]
+    wanted_quantiles = [name for name in QUANTILES if name in stats]
+    if wanted_quantiles:
+        row_group = np.repeat(np.arange(len(groups.counts)), groups.counts)
+        found = _group_quantiles(
+            values, groups, row_group, [QUANTILES[q] for q in wanted_quantiles]
+        )
+        out.update(zip(wanted_quantiles, found, strict=True))
+    result = {stat: out[stat] for stat in stats}
+    for array in result.values():
+        array[empty] = np.nan
+    return result
+
+
+def _sequence_matrix(
+    frame_values: np.ndarray, groups: _Groups, sampling_rate_hz: float, n_segments: int
+) -> np.ndarray:
+    """(G, C * (len(WHOLE_STATS) + n_segments * len(SEGMENT_STATS))) in feature-name order."""
+    n_groups, n_channels = len(groups.counts), frame_values.shape[1]
+    time_s = groups.index_in_group() / sampling_rate_hz
+    whole = _group_stats(frame_values, groups, time_s, WHOLE_STATS)
+    parts = [np.stack([whole[s] for s in WHOLE_STATS], axis=2)]  # (G, C, S_whole)
+    if n_segments:
+        seg = _group_stats(frame_values, groups.segments(n_segments), time_s, SEGMENT_STATS)
+        stacked = np.stack([seg[s] for s in SEGMENT_STATS], axis=2)  # (G * K, C, S_seg)
+        stacked = stacked.reshape(n_groups, n_segments, n_channels, len(SEGMENT_STATS))
+        parts.append(
+            stacked.transpose(0, 2, 1, 3).reshape(n_groups, n_channels, -1)
+        )  # (G, C, K * S_seg), segment-major inside a channel
+    return np.concatenate(parts, axis=2).reshape(n_groups, -1)
+
+
+# ----------------------------------------------------------------------------- assembly
+
+
+def _float32_frame(values: np.ndarray, names: Sequence[str]) -> pl.DataFrame:
+    """(N, C) -> Float32 DataFrame with NaN as null (the contract's "missing").
+
+    Built from one flat Series: polars' per-column constructors cost ~20 us a column, which
+    for one sequence's 1,500 features would alone blow the inference budget.
+    """
+    n_rows, n_columns = values.shape
+    flat = pl.Series("v", np.ascontiguousarray(values, dtype=np.float32).reshape(-1))
+    flat = flat.fill_nan(None)
+    if n_rows == 1:
+        return flat.to_frame().transpose(column_names=list(names))
+    return flat.reshape((n_rows, n_columns)).arr.to_struct(list(names)).struct.unnest()
+
+
+class _SensorBlocks:
+    """Float64 numpy blocks of sensor columns (contiguous runs of SENSOR_COLUMNS).
+
+    A small table (one sequence at inference) is converted once, since each polars call costs
+    a fixed overhead; a large one block by block, so the full table is never duplicated.
+    """
+
+    def __init__(self, sensor: pl.DataFrame) -> None:
+        self._sensor = sensor
+        self._all = (
+            sensor.select(pl.col(SENSOR_COLUMNS)).to_numpy()
+            if sensor.height * len(SENSOR_COLUMNS) <= _CHECK_VALUES
+            else None
+        )
+
+    def get(self, names: Sequence[str]) -> np.ndarray:
+        if self._all is None:
+            return self._sensor.select(pl.col(names)).to_numpy().astype(np.float64, copy=False)
+        first = _SENSOR_INDEX[names[0]]
+        return self._all[:, first : first + len(names)]
+
+
+def _sorted_by_sequence(sensor: pl.DataFrame) -> pl.DataFrame:
+    """Rows in (sequence_id, sequence_counter) order; a no-op when they already are."""
+    ids = sensor.get_column("sequence_id").to_numpy()
+    counter = sensor.get_column("sequence_counter").to_numpy()
+    same = ids[1:] == ids[:-1]
+    if np.all((ids[1:] > ids[:-1]) | (same & (counter[1:] >= counter[:-1]))):
+        return sensor
+    return sensor.sort(SEQUENCE_KEYS, maintain_order=True)
+
+
+def compute_features(
+    sensor: pl.DataFrame, demographics: pl.DataFrame | None, params: ExtractParams
+) -> FeatureSet:
+    """Frame channels and sequence features of every sequence in ``sensor``.
+
+    ``sensor`` should come from ``prepare_sensor_frame`` (anything else is prepared first);
+    ``demographics`` may be empty or lack columns (features then null). Works the same for
+    the whole train table and for one sequence at inference.
+    """
+    if not _is_prepared(sensor):
+        sensor = prepare_sensor_frame(sensor)
+    if sensor.height == 0:
+        return _empty_feature_set(params)
+    sensor = _sorted_by_sequence(sensor)
+    sequence_ids = sensor.get_column("sequence_id")
+    groups = _groups_from_ids(sequence_ids.to_numpy())
+    blocks = _SensorBlocks(sensor)
+
+    imu = _imu_channels(
+        blocks.get(ACC_COLUMNS), blocks.get(ROT_COLUMNS), groups, params.sampling_rate_hz
+    )
+    modality, reported = _modality_channels(blocks, groups, params.tof_regions)
+    del blocks
+    frame_values = np.hstack([imu, modality])
+    del imu, modality
+
+    frame_features = _float32_frame(frame_values, _frame_channels(params.tof_regions))
+    frame_features.insert_column(0, sequence_ids)
+    frame_features.insert_column(1, sensor.get_column("sequence_counter").cast(pl.Int32))
+
+    sequences, demo_values = _sequence_table(sensor, groups, reported, demographics)
+    n_segments = _segments(params)
+    per_channel = _sequence_matrix(frame_values, groups, params.sampling_rate_hz, n_segments)
+    matrix = np.hstack([per_channel, groups.counts[:, None].astype(np.float64), demo_values])
+    sequence_features = _float32_frame(
+        matrix, _sequence_feature_names(params.tof_regions, n_segments)
+    )
+    sequence_features.insert_column(0, sequences.get_column("sequence_id"))
+    return FeatureSet(sequences, sequence_features, frame_features)
+
+
+def _sequence_table(
+    sensor: pl.DataFrame,
+    groups: _Groups,
+    reported: np.ndarray,
+    demographics: pl.DataFrame | None,
+) -> tuple[pl.DataFrame, np.ndarray]:
+    """The sequences table and the (G, 7) demographic feature values (NaN if unknown)."""
+    sequence_ids = sensor.get_column("sequence_id").gather(groups.starts)
+    subjects = sensor.get_column("subject").gather(groups.starts)
+    lookup = _demographics_lookup(demographics)
+    unknown = np.full(len(DEMOGRAPHIC_FEATURES), np.nan)
+    demo_values = np.array(
+        [lookup.get(s, unknown) for s in subjects.to_list()], dtype=np.float64
+    ).reshape(len(groups.starts), len(DEMOGRAPHIC_FEATURES))
+    handedness = demo_values[:, DEMOGRAPHIC_FEATURES.index("handedness")]
+    has_modality = np.logical_or.reduceat(reported, groups.starts)
+    sequences = pl.DataFrame(
+        [
+            sequence_ids,
+            subjects,
+            pl.Series("sensor_group", np.where(has_modality, "full", "imu_only"), pl.String),
+            pl.Series("length", groups.counts, pl.Int32),
+            pl.Series("handedness", handedness, nan_to_null=True).cast(pl.Int32, strict=False),
+        ]
+    )
+    return sequences, demo_values
+
+
+def _empty_feature_set(params: ExtractParams) -> FeatureSet:
+    float_columns = dict.fromkeys(sequence_feature_names(params), pl.Float32)
+    return FeatureSet(
+        sequences=pl.DataFrame(
+            schema={
+                "sequence_id": pl.String,
+                "subject": pl.String,
+                "sensor_group": pl.String,
+                "length": pl.Int32,
+                "handedness": pl.Int32,
+            }
+        ),
+        sequence_features=pl.DataFrame(schema={"sequence_id": pl.String, **float_columns}),
+        frame_features=pl.DataFrame(
+            schema={
+                "sequence_id": pl.String,
+                "sequence_counter": pl.Int32,
+                **dict.fromkeys(frame_channels(params), pl.Float32),
+            }
+        ),
+    )

@@ -1,0 +1,194 @@
+"""TimeSeriesNet: Conv1d blocks -> BiLSTM -> GRU -> masked attention pooling -> 18 logits.
+
+Padding never leaks into the output: padded steps are zeroed before every convolution, excluded
+from every max-pool window that has a real step, and get exactly zero attention weight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from cmi.schema import N_CLASSES
+
+# Feature and mask time axes are halved this many times (MaxPool1d(2, ceil_mode=True) each).
+N_POOLS = 2
+_WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
+
+
+class ConvBlock(nn.Module):
+    """Conv1d -> BatchNorm -> GELU -> channel dropout (Dropout1d: one draw per channel, which
+    regularizes like element dropout here at a fraction of its CPU cost)."""
+
+    def __init__(self, in_channels: int, out_channels: int, dropout: float) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(in_channels, out_channels, kernel_size=3, padding=1, bias=False)
+        self.norm = nn.BatchNorm1d(out_channels)
+        self.dropout = nn.Dropout1d(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (B, C, T); the caller re-masks the padded steps.
+        return self.dropout(F.gelu(self.norm(self.conv(x))))
+
+
+def masked_max_pool(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """MaxPool1d(2, ceil_mode=True) of features (B, C, T) and mask (B, T), same windows.
+
+    A window with a real step takes the max over its real steps only; an all-padded window
+    stays padded (and zero). An odd T keeps its last half window (ceil mode): the steps are
+    padded with one masked step, then pairs are reduced (cheaper than max_pool1d on CPU).
+    """
+    filled = x.masked_fill(~mask[:, None, :], float("-inf"))
+    if x.shape[-1] % 2:
+        filled = F.pad(filled, (0, 1), value=float("-inf"))
+        mask = F.pad(mask, (0, 1), value=False)
+    batch, channels, steps = filled.shape
+    pooled = filled.view(batch, channels, steps // 2, 2).amax(dim=-1)
+    pooled_mask = mask.view(batch, steps // 2, 2).any(dim=-1)
+    return pooled.masked_fill(~pooled_mask[:, None, :], 0.0), pooled_mask
+
+
+def pooled_mask(mask: torch.Tensor, n_pools: int) -> torch.Tensor:
+    """The mask after ``n_pools`` masked max-pools (what the attention sees)."""
+    for _ in range(n_pools):
+        mask = F.max_pool1d(mask[:, None, :].float(), 2, 2, ceil_mode=True)[:, 0] > 0
+    return mask
+
+
+class MaskedAttentionPool(nn.Module):
+    """Additive attention over time; padded steps get weight exactly 0."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, 1))
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.score(h).squeeze(-1).float()
+        # A row with no real step would softmax to NaN; let it softmax over everything and
+        # zero it afterwards, so its pooled vector is 0 and gradients stay finite.
+        has_real = mask.any(dim=1, keepdim=True)
+        logits = logits.masked_fill(~(mask | ~has_real), float("-inf"))
+        weights = torch.softmax(logits, dim=1) * mask
+        pooled = torch.einsum("bt,btd->bd", weights.to(h.dtype), h)
+        return pooled, weights
+
+
+class TimeSeriesNet(nn.Module):
+    """forward(x (B, T, C) float32, mask (B, T) bool, True = real step) -> logits (B, 18).
+
+    ``conv_channels`` gives one ConvBlock per entry; the first ``N_POOLS`` blocks are each
+    followed by a masked MaxPool1d(2). The BiLSTM and the (unidirectional) GRU run over the
+    pooled steps; padded steps are zeroed between them.
+    """
+
+    def __init__(
+        self,
+        n_channels: int,
+        n_classes: int = N_CLASSES,
+        conv_channels: Sequence[int] = (64, 128),
+        lstm_hidden: int = 64,
+        gru_hidden: int = 64,
+        dropout: float = 0.3,
+    ) -> None:
+        super().__init__()
+        if n_channels < 1 or not conv_channels:
+            raise ValueError("TimeSeriesNet needs n_channels >= 1 and at least one conv block")
+        widths = [n_channels, *conv_channels]
+        self.blocks = nn.ModuleList(
+            ConvBlock(widths[i], widths[i + 1], dropout) for i in range(len(conv_channels))
+        )
+        self.n_pools = min(N_POOLS, len(conv_channels))
+        self.lstm = nn.LSTM(widths[-1], lstm_hidden, batch_first=True, bidirectional=True)
+        self.gru = nn.GRU(2 * lstm_hidden, gru_hidden, batch_first=True)
+        self.attention = MaskedAttentionPool(gru_hidden)
+        self.head = nn.Sequential(
+            nn.Dropout(dropout),
+            nn.Linear(gru_hidden, gru_hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(gru_hidden, n_classes),
+        )
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_attention(x, mask)[0]
+
+    def forward_with_attention(
+        self, x: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """logits (B, n_classes), attention weights (B, T') and the pooled mask (B, T')."""
+        mask = mask.bool()
+        h = x.masked_fill(~mask[..., None], 0.0).transpose(1, 2)  # (B, C, T)
+        for i, block in enumerate(self.blocks):
+            h = block(h)
+            if i < self.n_pools:
+                h, mask = masked_max_pool(h, mask)  # also zeroes the padded steps
+            else:
+                h = h * mask[:, None, :].to(h.dtype)  # finite here: a product is safe and cheap
+        h = h.transpose(1, 2)  # (B, T', C)
+        h, _ = self.lstm(h)
+        h = h * mask[..., None].to(h.dtype)
+        h, _ = self.gru(h)
+        pooled, weights = self.attention(h, mask)
+        return self.head(pooled), weights, mask
+
+
+def architecture_kwargs(
+    n_channels: int,
+    conv_channels: Sequence[int],
+    lstm_hidden: int,
+    gru_hidden: int,
+    dropout: float,
+) -> dict[str, Any]:
+    """JSON-ready kwargs of TimeSeriesNet (meta.json "architecture")."""
+    return {
+        "n_channels": int(n_channels),
+        "n_classes": N_CLASSES,
+        "conv_channels": [int(c) for c in conv_channels],
+        "lstm_hidden": int(lstm_hidden),
+        "gru_hidden": int(gru_hidden),
+        "dropout": float(dropout),
+    }
+
+
+def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop `module.` (DataParallel/DDP) and `_orig_mod.` (torch.compile) key prefixes."""
+    out = {}
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix) :], True
+        out[key] = value
+    return out
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside DataParallel / DDP / torch.compile wrappers."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Prefix-free CPU copy of a (possibly wrapped) model's weights."""
+    state = unwrap(model).state_dict()
+    return {k: v.detach().to("cpu", copy=True) for k, v in strip_prefixes(state).items()}
+
+
+def load_state_dict_file(path: Path | str) -> dict[str, torch.Tensor]:
+    """Weights saved by the torch stage, loaded without unpickling code, prefixes stripped."""
+    state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: not a state_dict of tensors")
+    return strip_prefixes(state)

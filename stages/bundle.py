@@ -1,0 +1,41 @@
+"""DVC stage `bundle`: everything inference needs in one checksummed directory (models/bundle)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from cmi.bundle import build_bundle
+from cmi.params import load_params
+from cmi.paths import ProjectPaths
+
+log = logging.getLogger("cmi.stages.bundle")
+
+
+def main(root: Path = Path(".")) -> None:
+    paths = ProjectPaths(root)
+    params = load_params(paths.params)
+    torch_dir = paths.torch_dir if (paths.torch_dir / "meta.json").exists() else None
+    if torch_dir is None:
+        log.warning("%s has no meta.json: building a LightGBM-only bundle", paths.torch_dir)
+    manifest = build_bundle(
+        out_dir=paths.bundle_dir,
+        lgbm_dir=paths.lgbm_dir,
+        torch_dir=torch_dir,
+        blend_weights=paths.blend_dir / "weights.json",
+        extract=params.extract,
+    )
+    size = sum(f["size"] for f in manifest["files"].values())
+    log.info(
+        "%s: %d LightGBM folds, %d Torch folds, %d files, %.1f MB",
+        paths.bundle_dir,
+        manifest["lgbm"]["n_folds"],
+        manifest["torch"]["n_folds"] if manifest["torch"] else 0,
+        len(manifest["files"]),
+        size / 1e6,
+    )
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    main()

@@ -1,0 +1,345 @@
+"""cmi.bundle and stages/bundle.py: building, verifying, and refusing unsafe bundles.
+
+The bundles here come from fake models (a few LightGBM trees on random data, an untrained
+TimeSeriesNet) with the real feature and channel names, so they also serve the inference and
+submission tests (``write_fake_models`` / ``build_fake_bundle``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pytest
+import torch
+from pipeline_helpers import run_stage
+
+from cmi.bundle import (
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    BundleError,
+    build_bundle,
+    load_bundle,
+)
+from cmi.features import frame_channels, sequence_feature_names
+from cmi.io import read_json, sha256_file, write_json
+from cmi.lgbm import lightgbm_feature_names
+from cmi.nn.model import TimeSeriesNet, architecture_kwargs
+from cmi.params import ExtractParams
+from cmi.paths import ProjectPaths
+from cmi.schema import GESTURES, N_CLASSES
+
+FAKE_PAD_LEN = 24
+
+
+def write_fake_models(
+    root: Path,
+    extract: ExtractParams | None = None,
+    n_folds: int = 2,
+    with_torch: bool = True,
+    blend: dict | None = None,
+) -> ProjectPaths:
+    """models/{lgbm,torch,blend} in the contract's formats, from fake models."""
+    extract = extract or ExtractParams()
+    paths = ProjectPaths(root)
+    names = sequence_feature_names(extract)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4 * N_CLASSES, len(names))).astype(np.float32)
+    y = np.arange(len(x)) % N_CLASSES
+    paths.lgbm_dir.mkdir(parents=True, exist_ok=True)
+    for k in range(n_folds):
+        booster = lgb.train(
+            {
+                "objective": "multiclass",
+                "num_class": N_CLASSES,
+                "num_leaves": 3,
+                "min_data_in_leaf": 2,
+                "num_threads": 1,
+                "seed": k,
+                "verbosity": -1,
+            },
+            lgb.Dataset(x, label=y, feature_name=lightgbm_feature_names(names)),
+            num_boost_round=2,
+        )
+        (paths.lgbm_dir / f"fold_{k}.txt").write_text(booster.model_to_string())
+    write_json(
+        {
+            "n_folds": n_folds,
+            "feature_names": names,
+            "best_iterations": [2] * n_folds,
+            "classes": list(GESTURES),
+            "num_class": N_CLASSES,
+        },
+        paths.lgbm_dir / "meta.json",
+    )
+    if with_torch:
+        channels = frame_channels(extract)
+        arch = architecture_kwargs(len(channels), [8, 8], 8, 8, 0.1)
+        paths.torch_dir.mkdir(parents=True, exist_ok=True)
+        for k in range(n_folds):
+            torch.manual_seed(k)
+            torch.save(TimeSeriesNet(**arch).state_dict(), paths.torch_dir / f"fold_{k}.pt")
+            scaler = {
+                "channels": channels,
+                "mean": rng.normal(size=len(channels)).tolist(),
+                "std": (1 + rng.random(len(channels))).tolist(),
+                "pad_len": FAKE_PAD_LEN - k,
+            }
+            write_json(scaler, paths.torch_dir / f"fold_{k}_scaler.json")
+        write_json(
+            {
+                "n_folds": n_folds,
+                "channels": channels,
+                "pad_len": FAKE_PAD_LEN,
+                "keep": "end",
+                "architecture": arch,
+                "classes": list(GESTURES),
+            },
+            paths.torch_dir / "meta.json",
+        )
+    blend = blend or {
+        "default": {"lgbm": 0.4, "torch": 0.6},
+        "by_sensor_group": None,
+        "optimize": "none",
+    }
+    write_json(blend, paths.blend_dir / "weights.json")
+    return paths
+
+
+def build_fake_bundle(
+    root: Path, with_torch: bool = True, n_folds: int = 2, blend: dict | None = None
+) -> Path:
+    """A bundle from fake models at ``root / 'bundle'``."""
+    paths = write_fake_models(
+        root / "models_src", n_folds=n_folds, with_torch=with_torch, blend=blend
+    )
+    out = root / "bundle"
+    build_bundle(
+        out,
+        paths.lgbm_dir,
+        paths.torch_dir if with_torch else None,
+        paths.blend_dir / "weights.json",
+        ExtractParams(),
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def fake_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Read-only: copy it before changing anything."""
+    return build_fake_bundle(tmp_path_factory.mktemp("fake_bundle"))
+
+
+@pytest.fixture
+def bundle_copy(fake_bundle: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(fake_bundle, tmp_path / "bundle"))
+
+
+def _rewrite_manifest(bundle: Path, edit) -> None:
+    manifest = read_json(bundle / MANIFEST_NAME)
+    edit(manifest)
+    (bundle / MANIFEST_NAME).write_text(json.dumps(manifest))
+
+
+def _relist(bundle: Path, rel: str, new_rel: str | None = None) -> None:
+    """Update the manifest's checksum entry of ``rel`` (renamed to ``new_rel``)."""
+    new_rel = new_rel or rel
+
+    def edit(manifest: dict) -> None:
+        entry = manifest["files"].pop(rel)
+        entry.update(sha256=sha256_file(bundle / new_rel), size=(bundle / new_rel).stat().st_size)
+        manifest["files"][new_rel] = entry
+        for fold in manifest["torch"]["folds"]:
+            if fold["weights"] == rel:
+                fold["weights"] = new_rel
+
+    _rewrite_manifest(bundle, edit)
+
+
+class _MarkerPayload:
+    """Unpickling this creates the marker file: proof that a pickle was executed."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+# ------------------------------------------------------------------------------- building
+
+
+def test_manifest_describes_everything(fake_bundle: Path) -> None:
+    manifest = read_json(fake_bundle / MANIFEST_NAME)
+    assert manifest["format_version"] == FORMAT_VERSION
+    assert manifest["classes"] == list(GESTURES)
+    assert manifest["extract"] == {"sampling_rate_hz": 10.0, "n_segments": 3, "tof_regions": True}
+    assert manifest["lgbm"]["feature_names"] == sequence_feature_names(ExtractParams())
+    assert [f["model"] for f in manifest["lgbm"]["folds"]] == ["lgbm/fold_0.txt", "lgbm/fold_1.txt"]
+    section = manifest["torch"]
+    assert section["channels"] == frame_channels(ExtractParams())
+    assert section["pad_len"] == FAKE_PAD_LEN and section["keep"] == "end"
+    assert [f["pad_len"] for f in section["folds"]] == [FAKE_PAD_LEN, FAKE_PAD_LEN - 1]
+    assert section["architecture"]["conv_channels"] == [8, 8]
+    assert set(section["folds"][0]["scaler"]) >= {"channels", "mean", "std"}
+    assert manifest["blend"]["default"] == {"lgbm": 0.4, "torch": 0.6}
+    assert set(manifest["versions"]) >= {"cmi", "lightgbm", "torch", "polars", "numpy"}
+
+    on_disk = sorted(
+        p.relative_to(fake_bundle).as_posix()
+        for p in fake_bundle.rglob("*")
+        if p.is_file() and p.name != MANIFEST_NAME
+    )
+    assert on_disk == sorted(manifest["files"])
+    assert all(p.endswith((".txt", ".safetensors")) for p in on_disk)
+    for rel, entry in manifest["files"].items():
+        assert entry["sha256"] == sha256_file(fake_bundle / rel)
+        assert entry["size"] == (fake_bundle / rel).stat().st_size
+    # Nothing hidden was left behind by the temp-dir build.
+    assert [p.name for p in fake_bundle.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_loaded_weights_equal_the_trained_ones(fake_bundle: Path) -> None:
+    from cmi.nn.model import load_state_dict_file
+
+    bundle = load_bundle(fake_bundle)
+    assert bundle.has_torch and len(bundle.lgbm.boosters) == 2
+    original = load_state_dict_file(fake_bundle.parent / "models_src/models/torch/fold_1.pt")
+    loaded = bundle.torch.folds[1].state_dict
+    assert original.keys() == loaded.keys()
+    for name, tensor in original.items():
+        assert torch.equal(tensor, loaded[name])
+    lazy = load_bundle(fake_bundle, torch_in_memory=False).torch.folds[1]
+    assert lazy.state_dict is None
+    assert torch.equal(lazy.load_state_dict()["head.4.weight"], original["head.4.weight"])
+
+
+def test_lgbm_only_bundle_loads(tmp_path: Path) -> None:
+    bundle = load_bundle(build_fake_bundle(tmp_path, with_torch=False))
+    assert bundle.torch is None and not bundle.has_torch
+    assert len(bundle.lgbm.boosters) == 2
+    assert bundle.blend.default == {"lgbm": 1.0, "torch": 0.0}
+    assert not (tmp_path / "bundle" / "torch").exists()
+
+
+def test_rebuild_replaces_atomically_and_a_failed_build_keeps_the_old(tmp_path: Path) -> None:
+    out = build_fake_bundle(tmp_path, n_folds=2)
+    src = tmp_path / "models_src" / "models"
+    # Rebuild with one fold fewer: the old fold files must be gone.
+    meta = read_json(src / "lgbm" / "meta.json")
+    write_json({**meta, "n_folds": 1}, src / "lgbm" / "meta.json")
+    build_bundle(out, src / "lgbm", None, None, ExtractParams())
+    assert sorted(read_json(out / MANIFEST_NAME)["files"]) == ["lgbm/fold_0.txt"]
+    # A build that fails half-way leaves the previous bundle untouched and no temp dir.
+    write_json({**meta, "n_folds": 3}, src / "lgbm" / "meta.json")
+    with pytest.raises(FileNotFoundError, match=r"fold_2\.txt"):
+        build_bundle(out, src / "lgbm", None, None, ExtractParams())
+    assert sorted(read_json(out / MANIFEST_NAME)["files"]) == ["lgbm/fold_0.txt"]
+    load_bundle(out)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_bundle_stage_script(tmp_path: Path) -> None:
+    write_fake_models(tmp_path)
+    (tmp_path / "params.yaml").write_text("extract:\n  sampling_rate_hz: 20.0\n")
+    run_stage("bundle.py", tmp_path)
+    bundle = load_bundle(tmp_path / "models" / "bundle")
+    assert bundle.extract.sampling_rate_hz == 20.0
+    assert bundle.has_torch
+
+
+# ------------------------------------------------------------------------------- refusing
+
+
+def test_tampered_file_is_refused(bundle_copy: Path) -> None:
+    model = bundle_copy / "lgbm" / "fold_1.txt"
+    model.write_text(model.read_text().replace("num_leaves=3", "num_leaves=4", 1))
+    with pytest.raises(BundleError, match=r"lgbm/fold_1\.txt: checksum mismatch"):
+        load_bundle(bundle_copy)
+
+
+def test_tampered_torch_file_is_refused(bundle_copy: Path) -> None:
+    weights = bundle_copy / "torch" / "fold_0.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"torch/fold_0\.safetensors: checksum mismatch"):
+        load_bundle(bundle_copy)
+    # Asked for LightGBM only, the Torch files are not read.
+    assert load_bundle(bundle_copy, parts=("lgbm",)).torch is None
+
+
+def test_pickle_payload_is_refused_without_running_it(bundle_copy: Path, tmp_path: Path) -> None:
+    # The payload is live: plain unpickling it creates its marker.
+    probe_marker, probe = tmp_path / "probe-marker", tmp_path / "probe.pt"
+    torch.save(_MarkerPayload(probe_marker), probe)
+    torch.load(probe, weights_only=False)
+    assert probe_marker.exists()
+
+    marker = tmp_path / "marker"
+    weights = bundle_copy / "torch" / "fold_0.safetensors"
+    torch.save(_MarkerPayload(marker), weights)
+    _relist(bundle_copy, "torch/fold_0.safetensors")
+    with pytest.raises(BundleError, match=r"fold_0\.safetensors: not a valid safetensors file"):
+        load_bundle(bundle_copy)
+    assert not marker.exists()
+
+
+def test_pickle_extension_is_refused_without_running_it(bundle_copy: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    (bundle_copy / "torch" / "fold_0.safetensors").unlink()
+    torch.save(_MarkerPayload(marker), bundle_copy / "torch" / "fold_0.pt")
+    _relist(bundle_copy, "torch/fold_0.safetensors", "torch/fold_0.pt")
+    with pytest.raises(BundleError, match=r"fold_0\.pt: refusing a pickle-like file"):
+        load_bundle(bundle_copy)
+    assert not marker.exists()
+
+
+def test_unlisted_file_is_refused(bundle_copy: Path) -> None:
+    (bundle_copy / "lgbm" / "notes.txt").write_text("hello")
+    with pytest.raises(BundleError, match=r"lgbm/notes\.txt: file is not listed"):
+        load_bundle(bundle_copy)
+
+
+def test_stray_pickle_is_refused(bundle_copy: Path) -> None:
+    (bundle_copy / "scaler.joblib").write_bytes(b"\x80\x04N.")
+    with pytest.raises(BundleError, match=r"scaler\.joblib: refusing a pickle-like file"):
+        load_bundle(bundle_copy)
+
+
+def test_wrong_format_version_is_refused(bundle_copy: Path) -> None:
+    _rewrite_manifest(bundle_copy, lambda m: m.update(format_version=FORMAT_VERSION + 1))
+    with pytest.raises(BundleError, match=r"manifest\.json: format_version 2 is not supported"):
+        load_bundle(bundle_copy)
+
+
+def test_missing_and_malformed_bundles_are_refused(bundle_copy: Path, tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="bundle directory not found"):
+        load_bundle(tmp_path / "nowhere")
+    (bundle_copy / "lgbm" / "fold_0.txt").unlink()
+    with pytest.raises(BundleError, match=r"fold_0\.txt: listed in the manifest but missing"):
+        load_bundle(bundle_copy)
+    (bundle_copy / MANIFEST_NAME).write_text("{not json")
+    with pytest.raises(BundleError, match=r"manifest\.json: not valid JSON"):
+        load_bundle(bundle_copy)
+    (bundle_copy / MANIFEST_NAME).unlink()
+    with pytest.raises(BundleError, match=r"manifest\.json: not found"):
+        load_bundle(bundle_copy)
+
+
+def test_paths_outside_the_bundle_are_refused(bundle_copy: Path) -> None:
+    def escape(manifest: dict) -> None:
+        manifest["files"]["../outside.txt"] = manifest["files"].pop("lgbm/fold_0.txt")
+        manifest["lgbm"]["folds"][0]["model"] = "../outside.txt"
+
+    (bundle_copy / "lgbm" / "fold_0.txt").unlink()
+    _rewrite_manifest(bundle_copy, escape)
+    with pytest.raises(BundleError, match=r"unsafe file path '\.\./outside\.txt'"):
+        load_bundle(bundle_copy)
+
+
+def test_bundle_error_is_a_value_error() -> None:
+    assert issubclass(BundleError, ValueError)  # the CLI turns ValueErrors into exit code 2

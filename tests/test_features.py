@@ -1,0 +1,540 @@
+"""cmi.features: quaternion math, ToF statistics, routing on nulls, odd inputs, and the key
+parity check that one sequence through the inference path gives the batch's features."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from scipy.spatial.transform import Rotation
+
+from cmi.features import (
+    DEMOGRAPHIC_FEATURES,
+    IMU_CHANNELS,
+    PREPARED_SCHEMA,
+    TOF_NO_REFLECTION,
+    FeatureSet,
+    compute_features,
+    frame_channels,
+    gravity_in_device_frame,
+    is_modality_channel,
+    prepare_sensor_frame,
+    relative_rotation_vectors,
+    sequence_feature_names,
+)
+from cmi.params import ExtractParams
+from cmi.schema import (
+    ACC_COLUMNS,
+    DEMOGRAPHICS_SCHEMA,
+    ROT_COLUMNS,
+    SENSOR_COLUMNS,
+    TEST_COLUMNS,
+    THM_COLUMNS,
+    TOF_COLUMNS,
+    TRAIN_ONLY_COLUMNS,
+    TRAIN_SCHEMA,
+)
+
+REAL_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "cmi-real-sample"
+PARAMS = ExtractParams(sampling_rate_hz=10.0, n_segments=3, tof_regions=True)
+MODALITY_COLUMNS = (*THM_COLUMNS, *TOF_COLUMNS)
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def real_train() -> pl.DataFrame:
+    if not REAL_SAMPLE.exists():
+        pytest.skip(f"{REAL_SAMPLE} not present")
+    return pl.read_csv(REAL_SAMPLE / "train_sample.csv", schema=TRAIN_SCHEMA)
+
+
+@pytest.fixture(scope="module")
+def demographics() -> pl.DataFrame:
+    if not REAL_SAMPLE.exists():
+        pytest.skip(f"{REAL_SAMPLE} not present")
+    frames = [
+        pl.read_csv(REAL_SAMPLE / name, schema=DEMOGRAPHICS_SCHEMA)
+        for name in ("train_demographics.csv", "test_demographics.csv")
+    ]
+    return pl.concat(frames).unique("subject", keep="first", maintain_order=True)
+
+
+@pytest.fixture(scope="module")
+def roles(real_train: pl.DataFrame) -> dict[str, list[str]]:
+    """Which real sequences ``mixed_train`` reworks, and how."""
+    ids = sorted(real_train["sequence_id"].unique().to_list())
+    return {"imu_only": ids[:3], "no_rot": [ids[2], ids[3]], "gaps": [ids[4]], "last": [ids[-1]]}
+
+
+@pytest.fixture(scope="module")
+def mixed_train(real_train: pl.DataFrame, roles: dict[str, list[str]]) -> pl.DataFrame:
+    """The 15 real sequences, reworked to cover every route, + the 2 real test sequences
+    (labelled arbitrarily) + 3 very short ones: 20 sequences in all.
+
+    - 3 IMU-only (all thm/tof null), one of which also lacks the quaternion;
+    - 1 with no quaternion at all, 1 with a few null quaternion rows and an acc gap;
+    - lengths 1, 2 and 3 (empty segments, undefined slope/std).
+    """
+    imu_only, no_rot, gaps = roles["imu_only"], roles["no_rot"], roles["gaps"][0]
+    seq = pl.col("sequence_id")
+    frame = real_train.with_columns(
+        *(
+            pl.when(seq.is_in(imu_only)).then(None).otherwise(pl.col(c)).alias(c)
+            for c in MODALITY_COLUMNS
+        ),
+        *(pl.when(seq.is_in(no_rot)).then(None).otherwise(pl.col(c)).alias(c) for c in ROT_COLUMNS),
+    )
+    counter = pl.col("sequence_counter")
+    frame = frame.with_columns(
+        *(
+            pl.when((seq == gaps) & counter.is_in([0, 5, 6, 20]))
+            .then(None)
+            .otherwise(pl.col(c))
+            .alias(c)
+            for c in ROT_COLUMNS
+        ),
+        pl.when((seq == gaps) & (counter == 7))
+        .then(None)
+        .otherwise(pl.col("acc_y"))
+        .alias("acc_y"),
+    )
+    test = pl.read_csv(REAL_SAMPLE / "test.csv", schema={c: TRAIN_SCHEMA[c] for c in TEST_COLUMNS})
+    test = test.with_columns(
+        *(
+            pl.lit(value).alias(c)
+            for c, value in zip(
+                TRAIN_ONLY_COLUMNS,
+                ("Target", "Seated Straight", "Performs gesture", "Gesture", "Neck - scratch"),
+                strict=True,
+            )
+        )
+    ).select(frame.columns)
+    short = []
+    source = real_train.filter(seq == roles["last"][0])
+    for length in (1, 2, 3):
+        part = source.head(length).with_columns(
+            pl.lit(f"SEQ_9{length:05d}").alias("sequence_id"),
+            (pl.lit(f"SEQ_9{length:05d}_") + counter.cast(pl.String)).alias("row_id"),
+        )
+        short.append(part)
+    return pl.concat([frame, test, *short])
+
+
+@pytest.fixture(scope="module")
+def batch(mixed_train: pl.DataFrame, demographics: pl.DataFrame) -> FeatureSet:
+    return compute_features(prepare_sensor_frame(mixed_train), demographics, PARAMS)
+
+
+def one_sequence(length: int = 20, **columns: np.ndarray) -> pl.DataFrame:
+    """A test.csv-like frame of one sequence: still device, quaternion identity, no thm/tof."""
+    data: dict[str, object] = {
+        "row_id": [f"SEQ_1_{i}" for i in range(length)],
+        "sequence_id": ["SEQ_1"] * length,
+        "sequence_counter": list(range(length)),
+        "subject": ["SUBJ_1"] * length,
+        "acc_x": np.zeros(length),
+        "acc_y": np.zeros(length),
+        "acc_z": np.full(length, 9.81),
+        "rot_w": np.ones(length),
+        "rot_x": np.zeros(length),
+        "rot_y": np.zeros(length),
+        "rot_z": np.zeros(length),
+    }
+    data.update(columns)
+    frame = pl.DataFrame(data)
+    return frame.with_columns(
+        pl.lit(None, dtype=pl.Float64).alias(c) for c in MODALITY_COLUMNS if c not in data
+    )
+
+
+def frame_values(features: FeatureSet, columns: list[str] | tuple[str, ...]) -> np.ndarray:
+    return features.frame_features.select(columns).to_numpy().astype(np.float64)
+
+
+# ----------------------------------------------------------------------------- quaternion math
+
+
+def test_gravity_matches_scipy_inverse_rotation() -> None:
+    rng = np.random.default_rng(0)
+    quat = rng.normal(size=(50, 4))
+    quat /= np.linalg.norm(quat, axis=1, keepdims=True)
+    expected = Rotation.from_quat(quat[:, [1, 2, 3, 0]]).apply([0, 0, 9.81], inverse=True)
+    np.testing.assert_allclose(gravity_in_device_frame(quat), expected, atol=1e-12)
+
+
+def test_linear_acceleration_of_known_rotation() -> None:
+    """Device rolled 90 deg about x and pushed 2 m/s^2 along its own x: gravity shows on +y."""
+    half = np.sqrt(0.5)
+    n = 10
+    sequence = one_sequence(
+        n,
+        acc_x=np.full(n, 2.0),
+        acc_y=np.full(n, 9.81),
+        acc_z=np.zeros(n),
+        rot_w=np.full(n, half),
+        rot_x=np.full(n, half),
+    )
+    features = compute_features(prepare_sensor_frame(sequence), None, PARAMS)
+    linear = frame_values(features, ["linear_acc_x", "linear_acc_y", "linear_acc_z"])
+    np.testing.assert_allclose(linear, np.tile([2.0, 0.0, 0.0], (n, 1)), atol=1e-5)
+    np.testing.assert_allclose(frame_values(features, ["linear_acc_mag"]), 2.0, atol=1e-5)
+
+
+def _spin_about_body_z(n: int, omega: float, rate: float) -> np.ndarray:
+    """q_t = q0 * rot_z(omega t): a constant body-frame angular velocity (0, 0, omega)."""
+    q0 = Rotation.from_euler("xyz", [0.3, -0.7, 1.1])
+    turns = Rotation.from_rotvec(np.outer(np.arange(n) / rate * omega, [0.0, 0.0, 1.0]))
+    xyzw = (q0 * turns).as_quat()
+    return xyzw[:, [3, 0, 1, 2]]
+
+
+def test_angular_velocity_of_known_spin_and_sign_flips() -> None:
+    n, omega, rate = 12, 1.5, 10.0
+    quat = _spin_about_body_z(n, omega, rate)
+    flipped = quat * np.where(np.arange(n) % 2 == 0, 1.0, -1.0)[:, None]  # q and -q alternate
+    results = []
+    for q in (quat, flipped):
+        sequence = one_sequence(n, **{c: q[:, i] for i, c in enumerate(ROT_COLUMNS)})
+        features = compute_features(prepare_sensor_frame(sequence), None, PARAMS)
+        results.append(frame_values(features, ["angular_vel_x", "angular_vel_y", "angular_vel_z"]))
+        distance = frame_values(features, ["angular_distance"])[:, 0]
+        np.testing.assert_allclose(distance[:-1], omega / rate, atol=1e-5)
+        assert distance[-1] == 0.0  # no next frame
+        # stored quaternions are canonical: w >= 0 even where the input had w < 0
+        assert (frame_values(features, ["rot_w"]) >= 0).all()
+    expected = np.tile([0.0, 0.0, omega], (n, 1))
+    expected[-1] = 0.0
+    np.testing.assert_allclose(results[0], expected, atol=1e-5)
+    np.testing.assert_allclose(results[1], results[0], atol=1e-6)
+
+
+def test_relative_rotation_is_sign_invariant_and_small_angle_safe() -> None:
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(20, 4))
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    b = rng.normal(size=(20, 4))
+    b /= np.linalg.norm(b, axis=1, keepdims=True)
+    reference = relative_rotation_vectors(a, b)
+    np.testing.assert_allclose(relative_rotation_vectors(-a, b), reference, atol=1e-12)
+    np.testing.assert_allclose(relative_rotation_vectors(a, -b), reference, atol=1e-12)
+    expected = (
+        Rotation.from_quat(a[:, [1, 2, 3, 0]]).inv() * Rotation.from_quat(b[:, [1, 2, 3, 0]])
+    ).as_rotvec()
+    np.testing.assert_allclose(reference, expected, atol=1e-9)
+    np.testing.assert_allclose(relative_rotation_vectors(a, a), 0.0, atol=1e-12)
+    assert np.isfinite(relative_rotation_vectors(a, a + 1e-15)).all()
+
+
+# ----------------------------------------------------------------------------- ToF and routing
+
+
+def test_tof_statistics_of_valid_pixels() -> None:
+    n = 3
+    pixels = np.full((n, 64), -1.0)
+    pixels[0, :32] = np.arange(32) + 10.0  # rows 0-3 valid: quadrants r0, r1
+    pixels[1, :] = 50.0
+    pixels[1, 0] = 5.0
+    # row 2: every pixel -1 (nothing in range)
+    columns = {f"tof_1_v{p}": pixels[:, p] for p in range(64)}
+    columns.update({f"thm_{i}": np.full(n, 30.0) for i in range(1, 6)})
+    features = compute_features(prepare_sensor_frame(one_sequence(n, **columns)), None, PARAMS)
+    got = frame_values(
+        features,
+        ["tof_1_mean", "tof_1_min", "tof_1_invalid", "tof_1_r0", "tof_1_r1", "tof_1_r2"],
+    )
+    r0 = np.mean([r * 8 + c + 10.0 for r in range(4) for c in range(4)])
+    r1 = np.mean([r * 8 + c + 10.0 for r in range(4) for c in range(4, 8)])
+    np.testing.assert_allclose(
+        got[0], [np.mean(np.arange(32) + 10.0), 10.0, 0.5, r0, r1, TOF_NO_REFLECTION], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        got[1], [(63 * 50 + 5) / 64, 5.0, 0.0, (15 * 50 + 5) / 16, 50, 50], rtol=1e-6
+    )
+    np.testing.assert_allclose(got[2], [TOF_NO_REFLECTION] * 2 + [1.0] + [TOF_NO_REFLECTION] * 3)
+    # sensors 2..5 never reported in this sequence: their channels are null, not 0
+    assert features.frame_features.select(pl.col("^tof_[2-5]_.*$").is_null().all()).row(0) == (
+        (True,) * 28
+    )
+    assert features.sequences["sensor_group"].to_list() == ["full"]
+
+
+def test_imu_only_routes_on_nulls(batch: FeatureSet, roles: dict[str, list[str]]) -> None:
+    sequences = batch.sequences
+    imu_only = roles["imu_only"]
+    groups = dict(zip(sequences["sequence_id"], sequences["sensor_group"], strict=True))
+    assert {s for s, g in groups.items() if g == "imu_only"} == set(imu_only)
+
+    frames = batch.frame_features.filter(pl.col("sequence_id").is_in(imu_only))
+    modality = [c for c in frames.columns if is_modality_channel(c)]
+    assert modality and frames.select(pl.col(modality).is_null().all()).row(0) == (
+        (True,) * len(modality)
+    )
+    assert frames.select(pl.col(IMU_CHANNELS).null_count().sum()).row(0) == (0,) * len(IMU_CHANNELS)
+    full_frames = batch.frame_features.filter(~pl.col("sequence_id").is_in(imu_only))
+    assert full_frames.select(pl.sum_horizontal(pl.all().null_count())).item() == 0
+
+    seq = batch.sequence_features.filter(pl.col("sequence_id").is_in(imu_only))
+    mod_features = [c for c in seq.columns if is_modality_channel(c)]
+    assert seq.select(pl.col(mod_features).is_null().all()).row(0) == (True,) * len(mod_features)
+    assert not seq.select(pl.col(mod_features).fill_null(1.0) == 0.0).to_numpy().any()
+
+
+def test_missing_quaternion_is_filled(batch: FeatureSet, roles: dict[str, list[str]]) -> None:
+    no_rot, gaps = roles["no_rot"][1], roles["gaps"][0]
+    frames = batch.frame_features
+    assert frames.select(pl.col(IMU_CHANNELS).null_count().sum()).row(0) == (0,) * len(IMU_CHANNELS)
+    whole = frames.filter(pl.col("sequence_id") == no_rot)
+    np.testing.assert_array_equal(
+        whole.select(ROT_COLUMNS).to_numpy(), [[1, 0, 0, 0]] * whole.height
+    )
+    acc = whole.select(ACC_COLUMNS).to_numpy().astype(np.float64)
+    linear = whole.select("linear_acc_x", "linear_acc_y", "linear_acc_z").to_numpy()
+    np.testing.assert_allclose(linear, acc - acc.mean(axis=0), atol=1e-4)
+
+    gap = frames.filter(pl.col("sequence_id") == gaps).sort("sequence_counter")
+    rot = gap.select(ROT_COLUMNS).to_numpy()
+    np.testing.assert_allclose(rot[0], rot[1])  # leading gap: backward fill
+    np.testing.assert_allclose(rot[5], rot[4])  # inner gap: forward fill
+    np.testing.assert_allclose(rot[6], rot[4])
+    assert gap["acc_y"][7] == gap["acc_y"][6]
+
+
+def test_feature_names_and_types(batch: FeatureSet) -> None:
+    channels = frame_channels(PARAMS)
+    names = sequence_feature_names(PARAMS)
+    assert batch.frame_features.columns == ["sequence_id", "sequence_counter", *channels]
+    assert batch.sequence_features.columns == ["sequence_id", *names]
+    assert len(names) == len(set(names))
+    assert names[-len(DEMOGRAPHIC_FEATURES) - 1 :] == ["length", *DEMOGRAPHIC_FEATURES]
+    assert set(batch.frame_features.dtypes[2:]) == {pl.Float32}
+    assert set(batch.sequence_features.dtypes[1:]) == {pl.Float32}
+    assert batch.frame_features["sequence_counter"].dtype == pl.Int32
+    assert batch.sequences.columns == [
+        "sequence_id",
+        "subject",
+        "sensor_group",
+        "length",
+        "handedness",
+    ]
+    assert batch.sequences["length"].dtype == pl.Int32
+    assert batch.sequences["handedness"].dtype == pl.Int32
+    assert batch.frame_features.equals(batch.frame_features.sort("sequence_id", "sequence_counter"))
+    assert batch.sequences["sequence_id"].to_list() == sorted(batch.sequences["sequence_id"])
+    # every IMU frame channel is non-modality, every thm/tof one is
+    assert not any(is_modality_channel(c) for c in IMU_CHANNELS)
+    assert all(is_modality_channel(c) for c in channels if c not in IMU_CHANNELS)
+    smaller = ExtractParams(n_segments=1, tof_regions=False)
+    assert len(sequence_feature_names(smaller)) < len(names)
+    assert not any("seg" in n or "_r0" in n for n in sequence_feature_names(smaller))
+
+
+def test_sequence_statistics_of_a_ramp() -> None:
+    n = 9
+    sequence = one_sequence(n, acc_x=np.arange(n, dtype=np.float64))
+    row = compute_features(prepare_sensor_frame(sequence), None, PARAMS).sequence_features
+    got = {
+        k: row[f"acc_x__{k}"][0]
+        for k in (
+            "mean",
+            "std",
+            "min",
+            "max",
+            "q10",
+            "q50",
+            "q90",
+            "range",
+            "first",
+            "last",
+            "slope",
+            "energy",
+        )
+    }
+    x = np.arange(n, dtype=np.float64)
+    expected = {
+        "mean": 4.0,
+        "std": x.std(),
+        "min": 0.0,
+        "max": 8.0,
+        "q10": np.quantile(x, 0.1),
+        "q50": 4.0,
+        "q90": np.quantile(x, 0.9),
+        "range": 8.0,
+        "first": 0.0,
+        "last": 8.0,
+        "slope": 10.0,
+        "energy": np.mean(x**2),
+    }
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, rel=1e-6), key
+    assert row["acc_x__seg0_mean"][0] == pytest.approx(1.0)
+    assert row["acc_x__seg2_max"][0] == pytest.approx(8.0)
+    assert row["length"][0] == n
+
+
+# ----------------------------------------------------------------------------- train-only columns
+
+
+def test_train_only_columns_are_never_features(
+    batch: FeatureSet, mixed_train: pl.DataFrame, demographics: pl.DataFrame
+) -> None:
+    forbidden = [*TRAIN_ONLY_COLUMNS, "label", "target", "gesture"]
+    for frame in (batch.sequences, batch.sequence_features, batch.frame_features):
+        for column in frame.columns:
+            assert not any(word in column.lower() for word in forbidden), column
+        # no value of a train-only column leaks in either
+        assert "Seated Straight" not in frame.select(pl.col(pl.String)).to_numpy()
+
+    rng = np.random.default_rng(0)
+    permuted = mixed_train.with_columns(
+        pl.Series(c, rng.permutation(mixed_train[c].to_numpy())) for c in TRAIN_ONLY_COLUMNS
+    )
+    again = compute_features(prepare_sensor_frame(permuted), demographics, PARAMS)
+    assert again.sequence_features.equals(batch.sequence_features)
+    assert again.frame_features.equals(batch.frame_features)
+    dropped = compute_features(mixed_train.drop(TRAIN_ONLY_COLUMNS), demographics, PARAMS)
+    assert dropped.sequence_features.equals(batch.sequence_features)
+
+
+# ----------------------------------------------------------------------------- odd inputs
+
+
+def assert_training_shaped(features: FeatureSet, n_sequences: int = 1) -> None:
+    assert features.sequence_features.columns == ["sequence_id", *sequence_feature_names(PARAMS)]
+    assert features.frame_features.columns == [
+        "sequence_id",
+        "sequence_counter",
+        *frame_channels(PARAMS),
+    ]
+    assert set(features.sequence_features.dtypes[1:]) == {pl.Float32}
+    assert set(features.frame_features.dtypes[2:]) == {pl.Float32}
+    assert features.sequence_features.height == n_sequences
+    values = features.sequence_features.drop("sequence_id").to_numpy()
+    assert not np.isinf(values).any()
+    assert not np.isnan(
+        features.frame_features.drop("sequence_id")
+        .to_numpy()[:, 1:]
+        .astype(np.float64)[:, : len(IMU_CHANNELS)]
+    ).any()
+
+
+def test_odd_inputs_never_crash(real_train: pl.DataFrame, demographics: pl.DataFrame) -> None:
+    sequence = real_train.filter(pl.col("sequence_id") == real_train["sequence_id"][0]).drop(
+        TRAIN_ONLY_COLUMNS
+    )
+    subject = sequence["subject"][0]
+    demo = demographics.filter(pl.col("subject") == subject)
+    reference = compute_features(prepare_sensor_frame(sequence), demo, PARAMS)
+    cases = {
+        "length 1": sequence.head(1),
+        "all sensors null": sequence.with_columns(
+            pl.lit(None, pl.Float64).alias(c) for c in SENSOR_COLUMNS
+        ),
+        "strings": sequence.with_columns(pl.col(SENSOR_COLUMNS).cast(pl.String)),
+        "garbage strings": sequence.with_columns(pl.lit("n/a").alias("acc_x")),
+        "extra columns": sequence.with_columns(
+            pl.lit("x").alias("gesture"), pl.lit(1).alias("something_else")
+        ),
+        "shuffled columns": sequence.select(sorted(sequence.columns, reverse=True)),
+        "missing column": sequence.drop("rot_w", "thm_3", "tof_2_v17"),
+        "missing ids": sequence.drop("row_id", "sequence_id", "sequence_counter", "subject"),
+        "nan and inf": sequence.with_columns(
+            pl.when(pl.col("sequence_counter") % 3 == 0)
+            .then(float("nan"))
+            .otherwise(pl.col("acc_x"))
+            .alias("acc_x"),
+            pl.when(pl.col("sequence_counter") % 4 == 0)
+            .then(float("inf"))
+            .otherwise(pl.col("rot_x"))
+            .alias("rot_x"),
+            pl.lit(float("-inf")).alias("thm_1"),
+        ),
+        "shuffled rows": sequence.sample(fraction=1.0, shuffle=True, seed=1),
+        "integer sensors": sequence.with_columns(pl.col(TOF_COLUMNS).cast(pl.Int64)),
+    }
+    for name, frame in cases.items():
+        for demo_case in (
+            demo,
+            pl.DataFrame(),
+            None,
+            demo.drop("handedness"),
+            demo.with_columns(pl.lit("?").alias("age")),
+        ):
+            features = compute_features(prepare_sensor_frame(frame), demo_case, PARAMS)
+            assert_training_shaped(features)
+            # a raw (unprepared) frame goes through the same path
+            raw = compute_features(frame, demo_case, PARAMS)
+            assert raw.sequence_features.equals(features.sequence_features), name
+            known = demo_case is not None and "handedness" in demo_case.columns
+            known = known and name != "missing ids"  # no subject -> unknown subject
+            assert (features.sequences["handedness"][0] is not None) == known, name
+
+    shuffled = compute_features(prepare_sensor_frame(cases["shuffled rows"]), demo, PARAMS)
+    assert shuffled.sequence_features.equals(reference.sequence_features)
+    assert shuffled.frame_features.equals(reference.frame_features)
+    unknown = compute_features(prepare_sensor_frame(sequence), demographics.head(0), PARAMS)
+    assert unknown.sequence_features.select(DEMOGRAPHIC_FEATURES).null_count().row(0) == (
+        (1,) * len(DEMOGRAPHIC_FEATURES)
+    )
+    nulls = compute_features(prepare_sensor_frame(cases["all sensors null"]), demo, PARAMS)
+    assert nulls.sequences["sensor_group"].to_list() == ["imu_only"]
+    assert nulls.sequence_features["handedness"][0] == demo["handedness"][0]
+    empty = compute_features(prepare_sensor_frame(sequence.head(0)), demo, PARAMS)
+    assert_training_shaped(empty, n_sequences=0)
+
+
+def test_prepare_sensor_frame_coerces() -> None:
+    frame = pl.DataFrame(
+        {
+            "acc_x": ["1.5", "bad", None],
+            "rot_w": [float("inf"), float("nan"), 1.0],
+            "gesture": ["a", "b", "c"],
+            "sequence_id": [7, 7, 7],
+        }
+    )
+    prepared = prepare_sensor_frame(frame)
+    assert prepared.schema == pl.Schema(PREPARED_SCHEMA)
+    assert prepared["acc_x"].to_list() == [1.5, None, None]
+    assert prepared["rot_w"].to_list() == [None, None, 1.0]
+    assert prepared["sequence_id"].to_list() == ["7"] * 3
+    assert prepared["sequence_counter"].to_list() == [0, 1, 2]
+    assert prepared["tof_5_v63"].null_count() == 3
+
+
+# ----------------------------------------------------------------------------- parity
+
+
+def test_single_sequence_path_matches_batch(
+    mixed_train: pl.DataFrame, demographics: pl.DataFrame, batch: FeatureSet
+) -> None:
+    """Each sequence alone, as Kaggle hands it to predict() (test columns only, rows in file
+    order, that subject's demographics row), gives exactly the batch's features."""
+    test_like = mixed_train.drop(TRAIN_ONLY_COLUMNS).select(TEST_COLUMNS)
+    sequence_ids = batch.sequences["sequence_id"].to_list()
+    assert len(sequence_ids) == 20
+    for sequence_id in sequence_ids:
+        sequence = test_like.filter(pl.col("sequence_id") == sequence_id)
+        demo = demographics.filter(pl.col("subject") == sequence["subject"][0])
+        single = compute_features(prepare_sensor_frame(sequence), demo, PARAMS)
+
+        expected_seq = batch.sequence_features.filter(pl.col("sequence_id") == sequence_id)
+        assert single.sequence_features.columns == expected_seq.columns
+        assert_close(single.sequence_features, expected_seq, sequence_id)
+        expected_frames = batch.frame_features.filter(pl.col("sequence_id") == sequence_id)
+        assert single.frame_features.columns == expected_frames.columns
+        assert single.frame_features["sequence_counter"].equals(expected_frames["sequence_counter"])
+        assert_close(single.frame_features, expected_frames, sequence_id)
+        assert single.sequences.equals(batch.sequences.filter(pl.col("sequence_id") == sequence_id))
+
+
+def assert_close(got: pl.DataFrame, expected: pl.DataFrame, what: str) -> None:
+    a = got.select(pl.col(pl.Float32)).to_numpy().astype(np.float64)
+    b = expected.select(pl.col(pl.Float32)).to_numpy().astype(np.float64)
+    assert a.shape == b.shape
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=what)
+    both = ~np.isnan(a)
+    diff = np.abs(a[both] - b[both]).max(initial=0.0)
+    assert diff <= 1e-5, f"{what}: max abs diff {diff}"

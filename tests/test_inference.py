@@ -1,0 +1,335 @@
+"""cmi.inference: the API Kaggle calls, its settings, fallbacks, and odd inputs."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from test_bundle import build_fake_bundle
+
+from cmi import inference
+from cmi.bundle import BundleError
+from cmi.features import compute_features, prepare_sensor_frame
+from cmi.schema import GESTURES, N_CLASSES, ROT_COLUMNS, SENSOR_COLUMNS, THM_COLUMNS, TOF_COLUMNS
+
+REAL_SAMPLE = Path("/work/shared/cmi-real-sample")
+ENV_VARS = (
+    "MODEL_PATH",
+    "TORCH_BUNDLE_PATH",
+    "ENSEMBLE_W_LGBM",
+    "ENSEMBLE_W_TORCH",
+    "LOAD_TORCH_FOLDS_IN_MEMORY",
+    "FAIL_IF_TORCH_MISSING",
+)
+Case = tuple[pl.DataFrame, pl.DataFrame]
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Read-only fake bundles."""
+    by_group = {
+        "default": {"lgbm": 0.4, "torch": 0.6},
+        "by_sensor_group": {
+            "full": {"lgbm": 1.0, "torch": 0.0},
+            "imu_only": {"lgbm": 0.0, "torch": 1.0},
+        },
+        "optimize": "grid",
+    }
+    return {
+        "full": build_fake_bundle(tmp_path_factory.mktemp("full")),
+        "lgbm_only": build_fake_bundle(tmp_path_factory.mktemp("lgbm_only"), with_torch=False),
+        "by_group": build_fake_bundle(tmp_path_factory.mktemp("by_group"), blend=by_group),
+    }
+
+
+@pytest.fixture
+def use_bundle(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """Point the environment at a bundle (plus any other variables) and drop the cache."""
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+    def use(path: Path | str, **env: str) -> None:
+        monkeypatch.setenv("MODEL_PATH", str(path))
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        inference.reset_cache()
+
+    yield use
+    inference.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def kaggle_test() -> Case:
+    """The real public test files, read the way Kaggle's gateway reads them."""
+    return pl.read_csv(REAL_SAMPLE / "test.csv"), pl.read_csv(REAL_SAMPLE / "test_demographics.csv")
+
+
+def _one(case: Case, sequence_id: str = "SEQ_000001") -> Case:
+    test, demographics = case
+    sequence = test.filter(pl.col("sequence_id") == sequence_id)
+    return sequence, demographics.filter(pl.col("subject") == sequence["subject"][0])
+
+
+def _null(sequence: pl.DataFrame, columns) -> pl.DataFrame:
+    return sequence.with_columns(pl.lit(None, dtype=pl.Float64).alias(c) for c in columns)
+
+
+def _odd_inputs(sequence: pl.DataFrame, demographics: pl.DataFrame) -> dict[str, Case]:
+    rng = np.random.default_rng(0)
+    long = pl.concat([sequence] * (5000 // sequence.height + 1)).head(5000)
+    long = long.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("sequence_counter"))
+    nan_inf = sequence.with_columns(
+        pl.when(pl.int_range(pl.len()) % 3 == 0)
+        .then(float("nan"))
+        .otherwise(pl.col("acc_x"))
+        .alias("acc_x"),
+        pl.when(pl.int_range(pl.len()) % 4 == 0)
+        .then(float("inf"))
+        .otherwise(pl.col("rot_w"))
+        .alias("rot_w"),
+        pl.lit(float("-inf")).alias("thm_2"),
+        pl.lit(float("nan")).alias("tof_1_v0"),
+    )
+    columns = list(sequence.columns)
+    rng.shuffle(columns)
+    other = demographics.with_columns(pl.lit("SUBJ_999999").alias("subject"))
+    return {
+        "kaggle": (sequence, demographics),
+        "imu_only": (_null(sequence, THM_COLUMNS + TOF_COLUMNS), demographics),
+        "missing_quaternion": (_null(sequence, ROT_COLUMNS), demographics),
+        "all_sensors_null": (_null(sequence, SENSOR_COLUMNS), demographics),
+        "nan_and_inf": (nan_inf, demographics),
+        "tof_all_minus_one": (
+            sequence.with_columns(pl.lit(-1.0).alias(c) for c in TOF_COLUMNS),
+            demographics,
+        ),
+        "length_1": (sequence.head(1), demographics),
+        "length_5000": (long, demographics),
+        "extra_columns": (
+            sequence.with_columns(
+                pl.lit("Text on phone").alias("gesture"),
+                pl.lit("Gesture").alias("phase"),
+                pl.lit(1.0).alias("something_new"),
+            ),
+            demographics,
+        ),
+        "shuffled_columns": (sequence.select(columns), demographics.reverse()),
+        "shuffled_rows": (sequence.sample(fraction=1.0, shuffle=True, seed=0), demographics),
+        "string_numbers": (
+            sequence.with_columns(pl.col(c).cast(pl.String) for c in SENSOR_COLUMNS),
+            demographics.with_columns(pl.all().cast(pl.String)),
+        ),
+        "empty_demographics": (sequence, demographics.head(0)),
+        "no_demographics_columns": (sequence, pl.DataFrame()),
+        "unknown_subject": (sequence, other),
+        "missing_sensor_columns": (
+            sequence.drop("acc_x", "rot_z", "thm_3", "tof_2_v7"),
+            demographics,
+        ),
+        "no_counter_no_ids": (sequence.drop("sequence_counter", "row_id", "subject"), demographics),
+    }
+
+
+def test_probabilities(bundles, use_bundle, kaggle_test) -> None:
+    use_bundle(bundles["full"])
+    sequence, demographics = _one(kaggle_test)
+    p_lgbm = inference.predict_lgbm_proba(sequence, demographics)
+    p_torch = inference.predict_torch_proba(sequence, demographics)
+    p_blend = inference.predict_ensemble(sequence, demographics)
+    for proba in (p_lgbm, p_torch, p_blend):
+        assert proba.shape == (N_CLASSES,)
+        assert np.isfinite(proba).all() and proba.min() >= 0
+        assert proba.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(p_blend, 0.4 * p_lgbm + 0.6 * p_torch)
+    assert inference.predict(sequence, demographics) == GESTURES[int(np.argmax(p_blend))]
+
+
+def test_one_sequence_gets_the_features_of_the_batch(bundles, use_bundle, kaggle_test) -> None:
+    """The inference path on one sequence == the batch path over the whole test table."""
+    use_bundle(bundles["full"])
+    predictor = inference.get_predictor()
+    test, demographics = kaggle_test
+    batch = compute_features(prepare_sensor_frame(test), demographics, predictor.bundle.extract)
+    for sequence_id in test["sequence_id"].unique().to_list():
+        rows = batch.sequence_features.filter(pl.col("sequence_id") == sequence_id)
+        frames = batch.frame_features.filter(pl.col("sequence_id") == sequence_id)
+        groups = batch.sequences.filter(pl.col("sequence_id") == sequence_id)
+        expected = type(batch)(groups, rows, frames)
+        sequence, demo = _one(kaggle_test, sequence_id)
+        np.testing.assert_allclose(
+            inference.predict_lgbm_proba(sequence, demo), predictor.lgbm_proba(expected)
+        )
+        np.testing.assert_allclose(
+            inference.predict_torch_proba(sequence, demo),
+            predictor.torch_proba(expected),
+            rtol=1e-5,
+        )
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "kaggle",
+        "imu_only",
+        "missing_quaternion",
+        "all_sensors_null",
+        "nan_and_inf",
+        "tof_all_minus_one",
+        "length_1",
+        "length_5000",
+        "extra_columns",
+        "shuffled_columns",
+        "shuffled_rows",
+        "string_numbers",
+        "empty_demographics",
+        "no_demographics_columns",
+        "unknown_subject",
+        "missing_sensor_columns",
+        "no_counter_no_ids",
+    ],
+)
+def test_odd_inputs_get_a_real_answer(bundles, use_bundle, kaggle_test, case: str) -> None:
+    use_bundle(bundles["full"])
+    sequence, demographics = _odd_inputs(*_one(kaggle_test))[case]
+    # A real prediction, not the fallback: the ensemble itself must cope with the input.
+    proba = inference.predict_ensemble(sequence, demographics)
+    assert proba.shape == (N_CLASSES,) and np.isfinite(proba).all()
+    answer = inference.predict(sequence, demographics)
+    assert isinstance(answer, str) and answer in GESTURES
+    assert answer == GESTURES[int(np.argmax(proba))]
+
+
+def test_imu_only_input_is_routed_as_imu_only(bundles, use_bundle, kaggle_test) -> None:
+    """Per-group weights: the bundle says full -> LightGBM only, imu_only -> Torch only."""
+    use_bundle(bundles["by_group"])
+    sequence, demographics = _one(kaggle_test)
+    imu_only = _null(sequence, THM_COLUMNS + TOF_COLUMNS)
+    # -1 everywhere is "no reflection", not "no sensor": still a full-sensor sequence.
+    all_far = sequence.with_columns(pl.lit(-1.0).alias(c) for c in TOF_COLUMNS)
+    for case, model in ((sequence, "lgbm"), (all_far, "lgbm"), (imu_only, "torch")):
+        expected = (
+            inference.predict_lgbm_proba(case, demographics)
+            if model == "lgbm"
+            else inference.predict_torch_proba(case, demographics)
+        )
+        np.testing.assert_allclose(inference.predict_ensemble(case, demographics), expected)
+
+
+def test_predict_never_raises(bundles, use_bundle, kaggle_test, tmp_path: Path, caplog) -> None:
+    sequence, demographics = _one(kaggle_test)
+    use_bundle(tmp_path / "no-such-bundle")
+    with caplog.at_level(logging.ERROR, logger="cmi.inference"):
+        assert inference.predict(sequence, demographics) == inference.FALLBACK_GESTURE
+        assert inference.predict(sequence, demographics) == inference.FALLBACK_GESTURE
+    assert sum("could not load the bundle" in r.message for r in caplog.records) == 1
+    with pytest.raises(BundleError, match="no-such-bundle: bundle directory not found"):
+        inference.load()
+
+    broken = Path(shutil.copytree(bundles["full"], tmp_path / "broken"))
+    (broken / "lgbm" / "fold_0.txt").write_text("tree\n")
+    use_bundle(broken)
+    assert inference.predict(sequence, demographics) == inference.FALLBACK_GESTURE
+
+    use_bundle(bundles["full"])
+    for garbage in (pl.DataFrame(), pl.DataFrame({"x": ["a", "b"]})):
+        assert inference.predict(garbage, demographics) in GESTURES
+    assert inference.predict(None, None) == inference.FALLBACK_GESTURE  # type: ignore[arg-type]
+
+
+def test_lgbm_only_bundle(bundles, use_bundle, kaggle_test) -> None:
+    sequence, demographics = _one(kaggle_test)
+    use_bundle(bundles["lgbm_only"])
+    np.testing.assert_allclose(
+        inference.predict_ensemble(sequence, demographics),
+        inference.predict_lgbm_proba(sequence, demographics),
+    )
+    with pytest.raises(inference.TorchUnavailableError):
+        inference.predict_torch_proba(sequence, demographics)
+
+    use_bundle(bundles["lgbm_only"], FAIL_IF_TORCH_MISSING="1")
+    with pytest.raises(inference.TorchUnavailableError, match="has no Torch part"):
+        inference.load()
+    assert inference.predict(sequence, demographics) == inference.FALLBACK_GESTURE
+
+
+def test_broken_torch_part_falls_back_unless_told_to_fail(
+    bundles, use_bundle, kaggle_test, tmp_path: Path, caplog
+) -> None:
+    sequence, demographics = _one(kaggle_test)
+    broken = Path(shutil.copytree(bundles["full"], tmp_path / "broken"))
+    weights = broken / "torch" / "fold_1.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8])
+    use_bundle(broken)
+    with caplog.at_level(logging.WARNING, logger="cmi.inference"):
+        predictor = inference.load()
+    assert not predictor.uses_torch
+    assert any("fold_1.safetensors: checksum mismatch" in r.message for r in caplog.records)
+    np.testing.assert_allclose(
+        inference.predict_ensemble(sequence, demographics),
+        inference.predict_lgbm_proba(sequence, demographics),
+    )
+    with pytest.raises(BundleError, match="checksum mismatch"):
+        inference.load(strict=True)
+    use_bundle(broken, FAIL_IF_TORCH_MISSING="1")
+    with pytest.raises(BundleError, match=r"fold_1\.safetensors"):
+        inference.load()
+
+
+def test_paths_to_parts_and_a_separate_torch_bundle(bundles, use_bundle, kaggle_test) -> None:
+    sequence, demographics = _one(kaggle_test)
+    use_bundle(bundles["full"])
+    expected = inference.predict_ensemble(sequence, demographics)
+
+    use_bundle(bundles["full"] / "lgbm")
+    np.testing.assert_allclose(inference.predict_ensemble(sequence, demographics), expected)
+
+    use_bundle(bundles["lgbm_only"], TORCH_BUNDLE_PATH=str(bundles["full"] / "torch"))
+    assert inference.get_predictor().uses_torch
+    # Same fake LightGBM models in both bundles, Torch and blend weights from the full one.
+    np.testing.assert_allclose(inference.predict_ensemble(sequence, demographics), expected)
+
+
+def test_weight_overrides_and_lazy_folds(bundles, use_bundle, kaggle_test) -> None:
+    sequence, demographics = _one(kaggle_test)
+    use_bundle(bundles["full"])
+    p_lgbm = inference.predict_lgbm_proba(sequence, demographics)
+    p_torch = inference.predict_torch_proba(sequence, demographics)
+
+    use_bundle(bundles["full"], ENSEMBLE_W_LGBM="1", ENSEMBLE_W_TORCH="3")
+    np.testing.assert_allclose(
+        inference.predict_ensemble(sequence, demographics), 0.25 * p_lgbm + 0.75 * p_torch
+    )
+    use_bundle(bundles["full"], ENSEMBLE_W_TORCH="0")
+    np.testing.assert_allclose(inference.predict_ensemble(sequence, demographics), p_lgbm)
+
+    use_bundle(bundles["full"], LOAD_TORCH_FOLDS_IN_MEMORY="0")
+    predictor = inference.get_predictor()
+    assert all(fold.model is None for fold in predictor._torch_folds)
+    np.testing.assert_allclose(inference.predict_torch_proba(sequence, demographics), p_torch)
+
+    for name, value in (("ENSEMBLE_W_TORCH", "-1"), ("ENSEMBLE_W_LGBM", "lots")):
+        use_bundle(bundles["full"], **{name: value})
+        with pytest.raises(ValueError, match=name):
+            inference.load()
+    use_bundle(bundles["full"], ENSEMBLE_W_LGBM="0", ENSEMBLE_W_TORCH="0")
+    with pytest.raises(ValueError, match="must be > 0"):
+        inference.load()
+
+
+def test_bundle_loads_once_and_only_when_first_needed(
+    bundles, use_bundle, kaggle_test, monkeypatch
+) -> None:
+    use_bundle(bundles["full"])
+    assert inference._cache is None  # nothing loaded until the first call
+    sequence, demographics = _one(kaggle_test)
+    inference.predict(sequence, demographics)
+    first = inference.get_predictor()
+    # The environment is read when the bundle first loads, not later.
+    monkeypatch.setenv("MODEL_PATH", "/nowhere")
+    inference.predict(sequence, demographics)
+    assert inference.get_predictor() is first

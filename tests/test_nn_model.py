@@ -1,0 +1,202 @@
+"""TimeSeriesNet masking, shapes, safe weight loading; Scaler and to_padded."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from torch import nn
+
+from cmi.nn.data import FILL_VALUE, Scaler, modality_indices, pad_length, to_padded
+from cmi.nn.model import (
+    TimeSeriesNet,
+    load_state_dict_file,
+    masked_max_pool,
+    plain_state_dict,
+    pooled_mask,
+    strip_prefixes,
+)
+from cmi.nn.predict import predict_proba
+
+CHANNELS = ["acc_x", "acc_y", "rot_w", "thm_1", "tof_1_mean"]
+PAD_LEN = 64
+
+
+def tiny_net(n_channels: int = len(CHANNELS)) -> TimeSeriesNet:
+    torch.manual_seed(0)
+    return TimeSeriesNet(n_channels, conv_channels=(8, 12), lstm_hidden=6, gru_hidden=5).eval()
+
+
+def end_mask(lengths: list[int], pad_len: int) -> torch.Tensor:
+    mask = torch.zeros(len(lengths), pad_len, dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        mask[i, pad_len - min(n, pad_len) :] = True
+    return mask
+
+
+LENGTHS = [1, 3, 5, 37, 50, PAD_LEN]
+
+
+@pytest.mark.parametrize("keep_end", [True, False])
+def test_padded_steps_get_zero_attention_and_do_not_change_output(keep_end: bool) -> None:
+    net = tiny_net()
+    mask = end_mask(LENGTHS, PAD_LEN)
+    if not keep_end:
+        mask = mask.flip(1)
+    x = torch.randn(len(LENGTHS), PAD_LEN, len(CHANNELS))
+    logits, weights, small_mask = net.forward_with_attention(x, mask)
+    assert logits.shape == (len(LENGTHS), 18)
+    assert weights.shape == small_mask.shape == (len(LENGTHS), PAD_LEN // 4)
+    assert torch.all(weights[~small_mask] == 0.0)
+    assert torch.allclose(weights.sum(dim=1), torch.ones(len(LENGTHS)))
+
+    noisy = x.clone()
+    noisy[~mask] = torch.randn(int((~mask).sum()), len(CHANNELS)) * 1e3
+    noisy[0, ~mask[0]] = float("nan")
+    with torch.no_grad():
+        assert torch.equal(net(x, mask), net(noisy, mask))
+
+
+@pytest.mark.parametrize("pad_len", [1, 3, 5, 37, 50, 127])
+def test_odd_lengths_keep_features_and_mask_aligned(pad_len: int) -> None:
+    net = tiny_net()
+    lengths = sorted({1, max(1, pad_len // 2), pad_len})
+    mask = end_mask(lengths, pad_len)
+    x = torch.randn(len(lengths), pad_len, len(CHANNELS))
+    logits, weights, small_mask = net.forward_with_attention(x, mask)
+    expected = pad_len
+    for _ in range(2):
+        expected = -(-expected // 2)
+    assert weights.shape == (len(lengths), expected)
+    assert torch.equal(small_mask, pooled_mask(mask, 2))
+    assert torch.all(weights[~small_mask] == 0.0)
+    assert torch.isfinite(logits).all()
+
+
+def test_masked_max_pool_ignores_padded_steps() -> None:
+    x = torch.tensor([[[5.0, -1.0, -2.0, 7.0, -3.0]]])
+    mask = torch.tensor([[False, True, True, False, True]])
+    pooled, pmask = masked_max_pool(x, mask)
+    assert pmask.tolist() == [[True, True, True]]
+    assert pooled.tolist() == [[[-1.0, -2.0, -3.0]]]
+    _, empty = masked_max_pool(x, torch.zeros_like(mask))
+    assert not empty.any()
+
+
+def test_all_padded_row_gives_finite_output_and_gradients() -> None:
+    net = tiny_net().train()
+    mask = end_mask([0, 4], 8)
+    x = torch.randn(2, 8, len(CHANNELS))
+    logits, weights, _ = net.forward_with_attention(x, mask)
+    assert torch.all(weights[0] == 0)
+    logits.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+
+
+def test_predict_proba_rows_sum_to_one() -> None:
+    net = tiny_net()
+    x = np.random.default_rng(0).normal(size=(7, 20, len(CHANNELS))).astype(np.float32)
+    mask = end_mask([1, 2, 3, 5, 8, 13, 20], 20).numpy()
+    proba = predict_proba(net, x, mask, batch_size=3)
+    assert proba.shape == (7, 18) and proba.dtype == np.float64
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-12)
+    assert not net.training
+
+
+def test_prefixed_state_dicts_load_into_plain_net(tmp_path) -> None:
+    net = tiny_net()
+    wrapped = nn.DataParallel(net)  # on CPU a thin wrapper; its keys start with `module.`
+    assert all(k.startswith("module.") for k in wrapped.state_dict())
+    compiled_like = {f"_orig_mod.{k}": v for k, v in net.state_dict().items()}
+    both = {f"module._orig_mod.{k}": v for k, v in net.state_dict().items()}
+    x = torch.randn(2, 16, len(CHANNELS))
+    mask = end_mask([9, 16], 16)
+    expected = net(x, mask)
+    for i, state in enumerate([wrapped.state_dict(), compiled_like, both]):
+        path = tmp_path / f"w{i}.pt"
+        torch.save(state, path)
+        fresh = tiny_net()
+        for p in fresh.parameters():
+            nn.init.zeros_(p)
+        fresh.load_state_dict(load_state_dict_file(path))
+        assert torch.equal(fresh.eval()(x, mask), expected)
+    assert set(plain_state_dict(wrapped)) == set(net.state_dict())
+    assert strip_prefixes({"module.a": 1}) == {"a": 1}
+
+
+def test_load_state_dict_file_refuses_pickled_objects(tmp_path) -> None:
+    path = tmp_path / "evil.pt"
+    torch.save({"w": torch.zeros(1), "obj": Fraction(1, 3)}, path)
+    with pytest.raises(Exception):  # noqa: B017 - weights_only refuses arbitrary classes
+        load_state_dict_file(path)
+
+
+# ----------------------------------------------------------------------------- data
+def frame(lengths: dict[str, int], imu_only: set[str] = frozenset()) -> pl.DataFrame:
+    rows = []
+    for sid, n in lengths.items():
+        for t in range(n):
+            modality = None if sid in imu_only else float(t) + 0.5
+            rows.append((sid, t, float(t), 2.0 * t, 1.0, modality, modality))
+    return pl.DataFrame(
+        rows,
+        schema={
+            "sequence_id": pl.Utf8,
+            "sequence_counter": pl.Int32,
+            **{c: pl.Float32 for c in CHANNELS},
+        },
+        orient="row",
+    )
+
+
+def test_scaler_ignores_nulls_and_roundtrips_json() -> None:
+    data = frame({"A": 4, "B": 3}, imu_only={"B"})
+    scaler = Scaler.fit(data, CHANNELS)
+    assert scaler.mean[0] == pytest.approx(np.mean([0, 1, 2, 3, 0, 1, 2]))
+    assert scaler.mean[3] == pytest.approx(np.mean([0.5, 1.5, 2.5, 3.5]))  # nulls ignored
+    assert scaler.std[2] == 1.0  # constant channel
+    again = Scaler.from_json(json.loads(json.dumps(scaler.to_json())))
+    assert again.channels == scaler.channels
+    np.testing.assert_array_equal(again.mean, scaler.mean)
+    np.testing.assert_array_equal(again.std, scaler.std)
+    with pytest.raises(ValueError, match="channels"):
+        Scaler.from_json({"channels": ["a"], "mean": [0.0, 1.0], "std": [1.0]})
+
+
+def test_to_padded_keep_end_and_start() -> None:
+    data = frame({"B": 3, "A": 6}, imu_only={"B"})
+    scaler = Scaler(tuple(CHANNELS), np.zeros(len(CHANNELS)), np.ones(len(CHANNELS)))
+    x, mask, ids = to_padded(data, CHANNELS, scaler, pad_len=4, keep="end")
+    assert ids == ["A", "B"]
+    assert x.shape == (2, 4, len(CHANNELS)) and x.dtype == np.float32
+    assert mask.tolist() == [[True] * 4, [False, True, True, True]]
+    assert x[0, :, 0].tolist() == [2.0, 3.0, 4.0, 5.0]  # the last 4 of 6 frames
+    assert x[1, 1:, 0].tolist() == [0.0, 1.0, 2.0]
+    assert np.all(x[1, :, modality_indices(CHANNELS)] == FILL_VALUE)  # IMU-only fill
+    assert np.all(x[1, 0] == FILL_VALUE)
+
+    x, mask, _ = to_padded(data, CHANNELS, scaler, pad_len=4, keep="start")
+    assert mask.tolist() == [[True] * 4, [True, True, True, False]]
+    assert x[0, :, 0].tolist() == [0.0, 1.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match="keep"):
+        to_padded(data, CHANNELS, scaler, pad_len=4, keep="middle")
+
+
+def test_to_padded_standardizes_and_reports_missing_columns() -> None:
+    data = frame({"A": 5})
+    scaler = Scaler.fit(data, CHANNELS)
+    x, _, _ = to_padded(data, CHANNELS, scaler, pad_len=5, keep="end")
+    np.testing.assert_allclose(x[0, :, 0].mean(), 0.0, atol=1e-6)
+    np.testing.assert_allclose(x[0, :, 0].std(), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="tof_1_mean"):
+        to_padded(data.drop("tof_1_mean"), CHANNELS, scaler, pad_len=5, keep="end")
+
+
+def test_pad_length_is_a_rounded_up_percentile() -> None:
+    assert pad_length([10, 20, 30, 40, 100], 50) == 30
+    assert pad_length([10, 11], 95) == 11
+    assert pad_length([1], 95) == 1
