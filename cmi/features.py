@@ -34,7 +34,6 @@ keeps only ids and sensor columns.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -301,6 +300,14 @@ class _Groups:
     def index_in_group(self) -> np.ndarray:
         return np.arange(self.n_rows, dtype=np.int64) - self.per_row(self.starts)
 
+    def subset(self, keep: np.ndarray) -> tuple[np.ndarray, _Groups]:
+        """Row indices of the kept groups, and those groups renumbered over just these rows."""
+        counts = self.counts[keep]
+        new_starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        total = int(counts.sum())
+        rows = np.arange(total, dtype=np.int64) + np.repeat(self.starts[keep] - new_starts, counts)
+        return rows, _Groups(new_starts, counts, total)
+
     def segments(self, n_segments: int) -> _Groups:
         """Split every group into ``n_segments`` consecutive parts (some empty if short)."""
         k = np.arange(n_segments + 1, dtype=np.int64)
@@ -319,8 +326,23 @@ def _groups_from_ids(sequence_ids: np.ndarray) -> _Groups:
 def _fill_within_groups(values: np.ndarray, valid: np.ndarray, groups: _Groups) -> np.ndarray:
     """Forward-fill, then backward-fill, each column inside each group; (R, C) -> (R, C).
 
-    Rows of a group with no valid value stay NaN. ``valid`` is (R, C) bool.
+    Invalid entries of a group with no valid value in that column become NaN. Only the groups
+    that have a gap and something to fill it with are processed (usually few).
     """
+    out = np.where(valid, values, np.nan)
+    gap_rows = ~valid.all(axis=1)
+    if not gap_rows.any():
+        return out
+    has_gap = np.logical_or.reduceat(gap_rows, groups.starts)
+    has_value = np.logical_or.reduceat(valid.any(axis=1), groups.starts)
+    todo = has_gap & has_value
+    if todo.any():
+        rows, subset = groups.subset(todo)
+        out[rows] = _fill_gaps(values[rows], valid[rows], subset)
+    return out
+
+
+def _fill_gaps(values: np.ndarray, valid: np.ndarray, groups: _Groups) -> np.ndarray:
     rows = np.arange(groups.n_rows, dtype=np.int64)[:, None]
     cols = np.arange(values.shape[1])[None, :]
     prev = np.maximum.accumulate(np.where(valid, rows, -1), axis=0)
@@ -444,31 +466,37 @@ def _imu_channels(
 
 
 def _tof_sensor_channels(pixels: np.ndarray, tof_regions: bool) -> tuple[np.ndarray, np.ndarray]:
-    """One sensor's (R, 64) pixels -> (R, k) channels and (R,) "reported anything" flag.
+    """One sensor's (R, 64) pixels -> (R, k) float32 channels and (R,) "reported anything".
 
     Pixels >= 0 are valid distances; negative values (-1) mean no reflection; null means the
-    sensor was absent. A frame with no valid pixel gets TOF_NO_REFLECTION as mean/min.
+    sensor was absent. A frame with no valid pixel gets TOF_NO_REFLECTION as mean/min. Works
+    in float32: the pixels are small integers, so the sums are exact and it runs ~5x faster.
     """
+    pixels = pixels.astype(np.float32, copy=False)
     reported = ~np.isnan(pixels)
     valid = pixels >= 0  # False for NaN
     n_reported = reported.sum(axis=1)
     n_valid = valid.sum(axis=1)
-    masked = np.where(valid, pixels, 0.0)
+    masked = np.where(valid, pixels, np.float32(0.0))
+    far = np.float32(TOF_NO_REFLECTION)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(n_valid > 0, masked.sum(axis=1) / n_valid, TOF_NO_REFLECTION)
-        minimum = np.where(valid, pixels, np.inf).min(axis=1)
-        minimum = np.where(n_valid > 0, minimum, TOF_NO_REFLECTION)
-        invalid_share = (reported & ~valid).sum(axis=1) / n_reported
+        mean = np.where(n_valid > 0, masked.sum(axis=1) / n_valid, far)
+        minimum = np.where(valid, pixels, np.float32(np.inf)).min(axis=1)
+        minimum = np.where(n_valid > 0, minimum, far)
+        invalid_share = (n_reported - n_valid) / n_reported
         columns = [mean, minimum, invalid_share]
         if tof_regions:
             for region in _TOF_REGION_PIXELS:
                 n_region = valid[:, region].sum(axis=1)
                 total = masked[:, region].sum(axis=1)
-                columns.append(np.where(n_region > 0, total / n_region, TOF_NO_REFLECTION))
-    out = np.stack(columns, axis=1)
+                columns.append(np.where(n_region > 0, total / n_region, far))
+    out = np.stack(columns, axis=1).astype(np.float32)
     any_reported = n_reported > 0
     out[~any_reported] = np.nan
     return out, any_reported
+
+
+_TOF_ROW_CHUNK = 16_384
 
 
 def _modality_channels(
@@ -482,11 +510,14 @@ def _modality_channels(
     reported = ~np.isnan(thm).all(axis=1)
     channels = [thm]
     for sensor in range(1, N_TOF_SENSORS + 1):
-        tof, tof_reported = _tof_sensor_channels(
-            blocks.get(_TOF_SENSOR_COLUMNS[sensor]), tof_regions
-        )
-        channels.append(tof)
-        reported |= tof_reported
+        pixels = blocks.get(_TOF_SENSOR_COLUMNS[sensor], np.float32)
+        # Row chunks keep the temporaries in cache (~1.5x faster); rows are independent.
+        parts = [
+            _tof_sensor_channels(pixels[start : start + _TOF_ROW_CHUNK], tof_regions)
+            for start in range(0, pixels.shape[0], _TOF_ROW_CHUNK)
+        ]
+        channels.append(np.concatenate([part[0] for part in parts]))
+        reported |= np.concatenate([part[1] for part in parts])
     values = np.hstack(channels)
     return _fill_within_groups(values, ~np.isnan(values), groups), reported
 
@@ -494,37 +525,40 @@ def _modality_channels(
 # ----------------------------------------------------------------------------- statistics
 
 
+_QUANTILE_CHUNK = 256  # sequences padded and sorted together (bounds memory)
+
+
 def _group_quantiles(
-    values: np.ndarray, groups: _Groups, row_group: np.ndarray, quantiles: Sequence[float]
+    values: np.ndarray, groups: _Groups, quantiles: Sequence[float]
 ) -> list[np.ndarray]:
     """Per-group linear-interpolated quantiles (numpy's default) of each column; (G, C) each.
 
-    One argsort per column sorts every group at once: the key is group index + the value
-    scaled into [0, 0.5], so groups stay apart and each is sorted inside. A column that is
-    NaN in a group is NaN in all of that group's rows (callers fill gaps first), so NaN keys
-    can sit anywhere inside their group.
+    Groups are taken in order of length, ``_QUANTILE_CHUNK`` at a time, NaN-padded to the
+    longest of the chunk and sorted along time: many short sorts are far cheaper than one
+    sort of the whole table, and one sequence is simply a chunk of one. A column that is NaN
+    in a group is NaN in all of that group's rows (callers fill gaps first), so NaN padding
+    sorted to the end never mixes with real values.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        low = np.nanmin(values, axis=0)
-        span = np.nanmax(values, axis=0) - low
-    low = np.nan_to_num(low, nan=0.0)
-    scale = np.where(np.isfinite(span) & (span > 0), 0.5 / np.where(span > 0, span, 1.0), 0.0)
-    with np.errstate(invalid="ignore", over="ignore"):
-        key = (np.nan_to_num(values - low, nan=0.0) * scale) + row_group[:, None]
-    order = np.argsort(key, axis=0)
-    for c in np.flatnonzero(~np.isfinite(span) & ~np.isnan(span)):
-        # values too large to scale safely: sort that column the slow exact way
-        order[:, c] = np.lexsort((values[:, c], row_group))
-    ordered = np.take_along_axis(values, order, axis=0)
-    last = groups.ends - 1
-    out = []
-    for q in quantiles:
-        position = groups.starts + q * (groups.counts - 1)
-        below = np.floor(position).astype(np.int64)
-        above = np.minimum(below + 1, last)
-        fraction = (position - below)[:, None]
-        out.append(ordered[below] + fraction * (ordered[above] - ordered[below]))
+    n_groups, n_columns = len(groups.counts), values.shape[1]
+    out = [np.full((n_groups, n_columns), np.nan) for _ in quantiles]
+    by_length = np.argsort(groups.counts, kind="stable")
+    by_length = by_length[groups.counts[by_length] > 0]
+    for first in range(0, len(by_length), _QUANTILE_CHUNK):
+        chunk = by_length[first : first + _QUANTILE_CHUNK]
+        counts = groups.counts[chunk]
+        steps = np.arange(counts.max())
+        inside = steps[None, :] < counts[:, None]
+        padded = np.full((len(chunk), len(steps), n_columns), np.nan)
+        padded[inside] = values[(groups.starts[chunk][:, None] + steps[None, :])[inside]]
+        padded.sort(axis=1)
+        which = np.arange(len(chunk))
+        for result, q in zip(out, quantiles, strict=True):
+            position = q * (counts - 1)
+            below = np.floor(position).astype(np.int64)
+            above = np.minimum(below + 1, counts - 1)
+            fraction = (position - below)[:, None]
+            low, high = padded[which, below], padded[which, above]
+            result[chunk] = low + fraction * (high - low)
     return out
 
 
@@ -534,41 +568,41 @@ def _group_stats(
     """Statistics of every column over every group: {stat: (G, C)}; NaN for empty groups.
 
     std is the population std (ddof=0, defined for one frame); slope is the least-squares
-    slope against time in seconds (NaN for one frame); energy is the mean of squares.
+    slope against time in seconds (NaN for one frame); energy is the mean of squares
+    (computed as variance + mean^2, which saves a pass over the table).
     """
+    wanted = set(stats)
     n = groups.counts[:, None].astype(np.float64)
     empty = groups.counts == 0
     # reduceat needs in-range indices; an empty group's result is discarded below.
     starts = np.minimum(groups.starts, groups.n_rows - 1)
     out: dict[str, np.ndarray] = {}
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.add.reduceat(values, starts, axis=0) / n
-        centered = values - groups.per_row(mean)
-        out["mean"] = mean
-        if "std" in stats:
-            out["std"] = np.sqrt(np.add.reduceat(centered * centered, starts, axis=0) / n)
-        if "energy" in stats:
-            out["energy"] = np.add.reduceat(values * values, starts, axis=0) / n
-        if {"min", "max", "range"} & set(stats):
+        out["mean"] = np.add.reduceat(values, starts, axis=0) / n
+        if wanted & {"std", "energy", "slope"}:
+            centered = values - groups.per_row(out["mean"])
+            scratch = np.empty_like(centered)  # one buffer for the products below
+            variance = np.add.reduceat(np.square(centered, out=scratch), starts, axis=0) / n
+            out["std"] = np.sqrt(variance)
+            out["energy"] = variance + np.square(out["mean"])
+        if wanted & {"min", "max", "range"}:
             out["min"] = np.minimum.reduceat(values, starts, axis=0)
             out["max"] = np.maximum.reduceat(values, starts, axis=0)
             out["range"] = out["max"] - out["min"]
-        if "first" in stats:
+        if "first" in wanted:
             out["first"] = values[starts]
-        if "last" in stats:
+        if "last" in wanted:
             out["last"] = values[np.maximum(groups.ends - 1, 0)]
-        if "slope" in stats:
+        if "slope" in wanted:
             t_mean = np.add.reduceat(time_s, starts) / groups.counts
             t_centered = time_s - groups.per_row(t_mean)
             s_tt = np.add.reduceat(t_centered * t_centered, starts)
-            s_tx = np.add.reduceat(t_centered[:, None] * centered, starts, axis=0)
+            products = np.multiply(centered, t_centered[:, None], out=scratch)
+            s_tx = np.add.reduceat(products, starts, axis=0)
             out["slope"] = s_tx / np.where(s_tt > 0, s_tt, np.nan)[:, None]
-    wanted_quantiles = [name for name in QUANTILES if name in stats]
+    wanted_quantiles = [name for name in QUANTILES if name in wanted]
     if wanted_quantiles:
-        row_group = np.repeat(np.arange(len(groups.counts)), groups.counts)
-        found = _group_quantiles(
-            values, groups, row_group, [QUANTILES[q] for q in wanted_quantiles]
-        )
+        found = _group_quantiles(values, groups, [QUANTILES[q] for q in wanted_quantiles])
         out.update(zip(wanted_quantiles, found, strict=True))
     result = {stat: out[stat] for stat in stats}
     for array in result.values():
@@ -626,11 +660,12 @@ class _SensorBlocks:
             else None
         )
 
-    def get(self, names: Sequence[str]) -> np.ndarray:
+    def get(self, names: Sequence[str], dtype: type = np.float64) -> np.ndarray:
         if self._all is None:
-            return self._sensor.select(pl.col(names)).to_numpy().astype(np.float64, copy=False)
+            polars_dtype = pl.Float32 if dtype == np.float32 else pl.Float64
+            return self._sensor.select(pl.col(names).cast(polars_dtype)).to_numpy()
         first = _SENSOR_INDEX[names[0]]
-        return self._all[:, first : first + len(names)]
+        return self._all[:, first : first + len(names)].astype(dtype, copy=False)
 
 
 def _sorted_by_sequence(sensor: pl.DataFrame) -> pl.DataFrame:

@@ -24,7 +24,8 @@ import math
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
-class TorchUnavailableError(RuntimeError):
+class TorchUnavailableError(BundleError):
     """The Torch part is missing or failed and FAIL_IF_TORCH_MISSING asks for an error."""
 
 
@@ -190,24 +191,38 @@ class Predictor:
 
     # ---------------------------------------------------------------- models
 
-    def lgbm_proba(self, features: Any) -> np.ndarray:
-        from cmi.lgbm import predict_proba
-
+    def lgbm_fold_probas(self, features: Any) -> np.ndarray:
+        """(n_folds, 18): each LightGBM fold model on the sequence's feature row."""
         frame = features.sequence_features
-        missing = [c for c in self.lgbm.feature_names if c not in frame.columns]
+        present = set(frame.columns)
+        missing = [c for c in self.lgbm.feature_names if c not in present]
         if missing:
             raise BundleError(
                 f"{self.bundle.root}: features {missing[:5]} of the bundle are not computed by "
                 "this cmi version; rebuild the bundle"
             )
-        x = frame.select(pl.col(self.lgbm.feature_names).cast(pl.Float32)).to_numpy()
+        if frame.height != 1:
+            raise ValueError(f"expected one feature row, got {frame.height}")
+        if frame.columns[1:] == self.lgbm.feature_names:  # the usual case, and the fast one
+            frame = frame.drop("sequence_id")
+        else:
+            frame = frame.select(self.lgbm.feature_names)
+        x = frame.cast(pl.Float32).to_numpy().astype(np.float32)
         x = np.where(np.isfinite(x), x, np.nan)  # null -> NaN: LightGBM's "missing"
-        total = np.zeros(N_CLASSES)
+        rows = []
         for booster in self.lgbm.boosters:
-            total += predict_proba(booster, x)[0]
-        return _check_proba(total / len(self.lgbm.boosters), "LightGBM")
+            # As cmi.lgbm.predict_proba (which made the OOF), but on one thread: for one row,
+            # waking a thread pool costs more than the trees.
+            proba = np.asarray(booster.predict(x, num_threads=1), dtype=np.float64)
+            proba = proba.reshape(N_CLASSES)
+            rows.append(proba / proba.sum())
+        return np.vstack(rows)
 
-    def torch_proba(self, features: Any) -> np.ndarray:
+    def lgbm_proba(self, features: Any) -> np.ndarray:
+        return _check_proba(self.lgbm_fold_probas(features).mean(axis=0), "LightGBM")
+
+    def torch_fold_probas(self, features: Any) -> np.ndarray:
+        """(n_folds, 18): each Torch fold model on the sequence, with that fold's scaler."""
         if not self._torch_folds:
             raise TorchUnavailableError(self.torch_problem or "the bundle has no Torch part")
         from cmi.nn.data import to_padded
@@ -215,14 +230,22 @@ class Predictor:
 
         assert self.torch_part is not None
         part = self.torch_part
-        total = np.zeros(N_CLASSES)
-        for item in self._torch_folds:
-            x, mask, _ = to_padded(
-                features.frame_features, part.channels, item.scaler, item.fold.pad_len, part.keep
-            )
-            model = item.model if item.model is not None else self._make_model(item.fold)
-            total += predict_proba(model, x, mask)[0]
-        return _check_proba(total / len(self._torch_folds), "Torch")
+        rows = []
+        with _single_torch_thread():
+            for item in self._torch_folds:
+                x, mask, _ = to_padded(
+                    features.frame_features,
+                    part.channels,
+                    item.scaler,
+                    item.fold.pad_len,
+                    part.keep,
+                )
+                model = item.model if item.model is not None else self._make_model(item.fold)
+                rows.append(predict_proba(model, x, mask)[0])
+        return np.vstack(rows)
+
+    def torch_proba(self, features: Any) -> np.ndarray:
+        return _check_proba(self.torch_fold_probas(features).mean(axis=0), "Torch")
 
     def ensemble_proba(self, features: Any) -> np.ndarray:
         """Blend by the sequence's sensor group; LightGBM alone if Torch is off or fails."""
@@ -254,6 +277,24 @@ class Predictor:
             f"bundle {self.bundle.root}: {len(self.lgbm.boosters)} LightGBM folds, {torch}, "
             f"weights {self.weights.to_json()}"
         )
+
+
+@contextmanager
+def _single_torch_thread() -> Iterator[None]:
+    """Run Torch on one thread for one sequence: the tensors are tiny, and a thread pool on a
+    busy CPU costs far more than it saves. A process that set one thread already pays nothing.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    if previous == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _check_proba(proba: np.ndarray, what: str) -> np.ndarray:

@@ -207,3 +207,21 @@ def test_stage_rejects_bad_weights_naming_the_key(tmp_path: Path, complementary_
     assert result.returncode != 0
     assert "params.yaml: ensemble.w_lgbm must be >= 0" in result.stderr
     assert not (root / "models" / "blend").exists()
+
+
+@pytest.mark.slow
+def test_pipeline_blend_outputs(tiny_trained_project: Path) -> None:
+    root = tiny_trained_project
+    metrics = json.loads((root / "metrics" / "blend.json").read_text())
+    lgbm = pl.read_parquet(root / "data" / "oof" / "lgbm.parquet")
+    blend = pl.read_parquet(root / "data" / "oof" / "blend.parquet")
+    assert blend.height == lgbm.height == metrics["n_sequences"]
+    for key in ("lgbm", "torch", "blend_fixed"):
+        assert 0 <= metrics[key]["score"] <= 1
+        assert set(metrics[key]["per_sensor_group"]) == set(lgbm["sensor_group"])
+    lgbm_metrics = json.loads((root / "metrics" / "lgbm.json").read_text())
+    assert metrics["lgbm"]["score"] == pytest.approx(lgbm_metrics["score"])
+    weights = json.loads((root / "models" / "blend" / "weights.json").read_text())
+    bundle = json.loads((root / "models" / "bundle" / "manifest.json").read_text())
+    assert bundle["blend"] == weights == metrics["weights"]
+    assert pl.read_csv(root / "plots" / "confusion.csv").height == blend.height

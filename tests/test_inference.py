@@ -333,3 +333,36 @@ def test_bundle_loads_once_and_only_when_first_needed(
     monkeypatch.setenv("MODEL_PATH", "/nowhere")
     inference.predict(sequence, demographics)
     assert inference.get_predictor() is first
+
+
+@pytest.mark.slow
+def test_inference_reproduces_each_folds_oof(tiny_trained_project: Path, use_bundle) -> None:
+    """Raw train rows of one sequence through the inference path give, for the fold that held
+    it out, exactly the probabilities the training stages wrote into the OOF tables."""
+    from cmi.schema import PROBA_COLUMNS
+
+    root = tiny_trained_project
+    use_bundle(root / "models" / "bundle")
+    predictor = inference.load(strict=True)
+    assert predictor.uses_torch
+    train = pl.read_csv(root / "data" / "raw" / "train.csv")
+    demographics = pl.read_csv(root / "data" / "raw" / "train_demographics.csv")
+    oof = {m: pl.read_parquet(root / "data" / "oof" / f"{m}.parquet") for m in ("lgbm", "torch")}
+    sample = oof["lgbm"].group_by("sensor_group").head(6).sort("sequence_id")
+    assert set(sample["sensor_group"]) == {"full", "imu_only"}
+    for sequence_id, fold in sample.select("sequence_id", "fold").iter_rows():
+        sequence = train.filter(pl.col("sequence_id") == sequence_id)
+        demo = demographics.filter(pl.col("subject") == sequence["subject"][0])
+        features = predictor.features(sequence, demo)
+        expected = {
+            m: frame.filter(pl.col("sequence_id") == sequence_id)
+            .select(PROBA_COLUMNS)
+            .to_numpy()[0]
+            for m, frame in oof.items()
+        }
+        np.testing.assert_allclose(
+            predictor.lgbm_fold_probas(features)[fold], expected["lgbm"], atol=1e-9
+        )
+        np.testing.assert_allclose(
+            predictor.torch_fold_probas(features)[fold], expected["torch"], atol=1e-6
+        )

@@ -258,7 +258,7 @@ class FoldResult:
 
 
 @dataclass
-class _Run:
+class FoldRun:
     """The live objects of one fold's training."""
 
     model: TimeSeriesNet
@@ -268,7 +268,7 @@ class _Run:
     state: TrainState
 
 
-def _new_run(arch: dict[str, Any], params: TorchParams, fold: int, steps: int, device) -> _Run:
+def new_run(arch: dict[str, Any], params: TorchParams, fold: int, steps: int, device) -> FoldRun:
     seed_everything(derive_seed(params.seed, fold, "init"))
     model = TimeSeriesNet(**arch).to(device)
     optimizer = torch.optim.AdamW(
@@ -278,10 +278,10 @@ def _new_run(arch: dict[str, Any], params: TorchParams, fold: int, steps: int, d
         optimizer, max_lr=params.lr, total_steps=max(1, params.epochs * steps)
     )
     grad_scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-    return _Run(model, optimizer, scheduler, grad_scaler, TrainState())
+    return FoldRun(model, optimizer, scheduler, grad_scaler, TrainState())
 
 
-def _checkpoint_payload(run: _Run, fingerprint: str, fold: int) -> dict[str, Any]:
+def _checkpoint_payload(run: FoldRun, fingerprint: str, fold: int) -> dict[str, Any]:
     state = run.state
     return {
         "version": ckpt.CHECKPOINT_VERSION,
@@ -303,7 +303,7 @@ def _checkpoint_payload(run: _Run, fingerprint: str, fold: int) -> dict[str, Any
     }
 
 
-def _restore(run: _Run, payload: dict[str, Any]) -> None:
+def _restore(run: FoldRun, payload: dict[str, Any]) -> None:
     run.model.load_state_dict(payload["model"])
     run.optimizer.load_state_dict(payload["optimizer"])
     run.scheduler.load_state_dict(payload["scheduler"])
@@ -337,8 +337,8 @@ def smoothed_cross_entropy(proba: np.ndarray, y: np.ndarray, smoothing: float) -
     return float(np.mean((1 - smoothing) * nll - smoothing * logp.mean(axis=1)))
 
 
-def _train_epoch(
-    run: _Run,
+def train_epoch(
+    run: FoldRun,
     trained: nn.Module,
     inputs: FoldInputs,
     tensors: tuple[torch.Tensor, ...],
@@ -405,7 +405,7 @@ def train_fold(
     dist = dist or Distributed()
     fold = inputs.fold
     steps = steps_per_epoch(len(inputs.y_train), params.batch_size, dist.world_size)
-    run = _new_run(arch, params, fold, steps, device)
+    run = new_run(arch, params, fold, steps, device)
     resumed_from = 0
     last_path = checkpoint_dir / ckpt.LAST_NAME if checkpoint_dir else None
     payload = ckpt.load_payload(last_path, fingerprint, fold) if last_path else None
@@ -423,7 +423,7 @@ def train_fold(
                 last_path,
                 error,
             )
-            run = _new_run(arch, params, fold, steps, device)
+            run = new_run(arch, params, fold, steps, device)
 
     trained = _wrap(run.model, device, dist)
     tensors = (
@@ -433,7 +433,7 @@ def train_fold(
     )
     for epoch in range(run.state.epoch, params.epochs):
         started = time.perf_counter()
-        train_loss = _train_epoch(
+        train_loss = train_epoch(
             run, trained, inputs, tensors, params, epoch, device, dist, on_batch
         )
         run.state.epoch = epoch + 1
@@ -458,7 +458,7 @@ def train_fold(
 
 
 def _validate_and_checkpoint(
-    run: _Run,
+    run: FoldRun,
     inputs: FoldInputs,
     params: TorchParams,
     train_loss: float,
@@ -478,7 +478,7 @@ def _validate_and_checkpoint(
         ckpt.save_payload(_checkpoint_payload(run, fingerprint, inputs.fold), last_path)
 
 
-def _result(run: _Run, inputs: FoldInputs, resumed_from: int) -> FoldResult:
+def _result(run: FoldRun, inputs: FoldInputs, resumed_from: int) -> FoldResult:
     state = run.state
     if state.best_state is None or state.best_val_proba is None:
         # epochs == 0 or a non-main rank: fall back to the current weights.

@@ -1,0 +1,169 @@
+"""Torch stage speed at demo scale: training throughput and one-sequence inference latency.
+
+Makes demo data in /tmp/cmi-bench/demo and a featurized project in /tmp/cmi-bench/project-demo
+when they are missing (cmi synth, stages/extract.py, stages/make_folds.py), then, with the
+params.yaml torch settings of this repo:
+  - training: sequences/second of fold 0, median over a few epochs (training steps only);
+  - inference: milliseconds to predict ONE sequence with a fold model (median, p99 over a few
+    hundred calls), model only and to_padded + model;
+on CPU, and on CUDA too when a GPU is visible. About 2-4 minutes on 2 cores.
+Usage: python bench/torch_train.py [--epochs 3] [--calls 300]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see stages/train_torch.py
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from cmi.nn.data import frame_channels, to_padded
+from cmi.nn.model import architecture_kwargs
+from cmi.nn.predict import predict_proba
+from cmi.nn.train import (
+    Distributed,
+    configure_torch,
+    labeled_sequences,
+    new_run,
+    prepare_fold,
+    steps_per_epoch,
+    train_epoch,
+)
+from cmi.params import load_params
+from cmi.paths import ProjectPaths
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH_DIR = Path("/tmp/cmi-bench")
+RAW_DIR = BENCH_DIR / "demo"
+PROJECT = BENCH_DIR / "project-demo"
+
+
+def ensure_project() -> ProjectPaths:
+    """Demo CSVs and a project with extract + folds done, reused across bench runs."""
+    if not (RAW_DIR / "train.csv").exists():
+        subprocess.run(
+            [sys.executable, "-m", "cmi", "synth", "--preset", "demo", "--out", str(RAW_DIR)],
+            check=True,
+        )
+    paths = ProjectPaths(PROJECT)
+    if not paths.folds.exists():
+        PROJECT.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / "params.yaml", paths.params)
+        shutil.copytree(RAW_DIR, paths.raw_dir, dirs_exist_ok=True)
+        for script in ("extract.py", "make_folds.py"):
+            subprocess.run([sys.executable, str(REPO / "stages" / script)], cwd=PROJECT, check=True)
+    return paths
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def bench_training(inputs, params, device: torch.device, epochs: int):
+    arch = architecture_kwargs(
+        inputs.x_train.shape[2],
+        params.conv_channels,
+        params.lstm_hidden,
+        params.gru_hidden,
+        params.dropout,
+    )
+    steps = steps_per_epoch(len(inputs.y_train), params.batch_size)
+    run = new_run(arch, params, inputs.fold, steps, device)
+    tensors = tuple(
+        torch.from_numpy(a) for a in (inputs.x_train, inputs.mask_train, inputs.y_train)
+    )
+    rates = []
+    for epoch in range(epochs):
+        started = time.perf_counter()
+        train_epoch(run, run.model, inputs, tensors, params, epoch, device, Distributed(), None)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        rates.append(len(inputs.y_train) / (time.perf_counter() - started))
+    started = time.perf_counter()
+    predict_proba(run.model, inputs.x_val, inputs.mask_val)
+    val_seconds = time.perf_counter() - started
+    return run.model, rates, val_seconds
+
+
+def bench_inference(model, inputs, frames: pl.DataFrame, channels, device, calls: int):
+    model.to(device).eval()
+    x, mask = inputs.x_val[:1], inputs.mask_val[:1]
+    one_id = inputs.val_ids[0]
+    one_frames = frames.filter(pl.col("sequence_id") == one_id)
+    model_ms, full_ms = [], []
+    for i in range(calls + 10):
+        started = time.perf_counter()
+        predict_proba(model, x, mask)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        middle = time.perf_counter()
+        xs, ms, _ = to_padded(one_frames, channels, inputs.scaler, inputs.pad_len, "end")
+        predict_proba(model, xs, ms)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= 10:  # warm-up calls excluded
+            model_ms.append((middle - started) * 1e3)
+            full_ms.append((time.perf_counter() - middle) * 1e3)
+    return model_ms, full_ms
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=3, help="timed training epochs")
+    parser.add_argument("--calls", type=int, default=300, help="timed one-sequence predictions")
+    args = parser.parse_args()
+
+    paths = ensure_project()
+    params = load_params(REPO / "params.yaml").torch
+    frames = pl.read_parquet(paths.frame_features)
+    labeled = labeled_sequences(pl.read_parquet(paths.sequences), pl.read_parquet(paths.folds))
+    channels = frame_channels(frame_features=frames)
+    inputs = prepare_fold(frames, labeled, 0, channels, params)
+    n_folds = labeled["fold"].n_unique()
+    print(
+        f"demo: {labeled.height} sequences, {n_folds} folds; fold 0: {len(inputs.y_train)} train "
+        f"/ {len(inputs.y_val)} val, pad_len {inputs.pad_len}, {len(channels)} channels"
+    )
+    print(
+        f"torch params: epochs {params.epochs}, batch {params.batch_size}, conv "
+        f"{list(params.conv_channels)}, lstm {params.lstm_hidden}, gru {params.gru_hidden}"
+    )
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    for device in devices:
+        threads = configure_torch(device)
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(f"\n== {device} ({threads} CPU threads, load average {load:.1f})")
+        model, rates, val_seconds = bench_training(inputs, params, device, args.epochs)
+        median_rate = statistics.median(rates)
+        epoch_s = len(inputs.y_train) / median_rate + val_seconds
+        stage_s = epoch_s * params.epochs * n_folds
+        print(
+            f"training: {median_rate:.0f} sequences/s (median of {len(rates)} epochs: "
+            f"{', '.join(f'{r:.0f}' for r in rates)}); validation pass {val_seconds:.2f} s"
+        )
+        print(
+            f"  -> about {epoch_s:.1f} s per epoch, {stage_s / 60:.1f} min for "
+            f"{params.epochs} epochs x {n_folds} folds (the whole stage, data prep excluded)"
+        )
+        model_ms, full_ms = bench_inference(model, inputs, frames, channels, device, args.calls)
+        for name, values in (("model only", model_ms), ("to_padded + model", full_ms)):
+            print(
+                f"inference, one sequence, one fold ({name}): median "
+                f"{statistics.median(values):.2f} ms, p99 {percentile(values, 99):.2f} ms "
+                f"({len(values)} calls); x{n_folds} folds per sequence"
+            )
+
+
+if __name__ == "__main__":
+    main()

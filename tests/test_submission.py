@@ -1,0 +1,374 @@
+"""cmi.submission (cmi predict / cmi package) and the Kaggle notebook script."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from test_bundle import build_fake_bundle
+
+from cmi import inference
+from cmi.bundle import BundleError, load_bundle
+from cmi.cli import main as cli_main
+from cmi.schema import GESTURES
+from cmi.submission import gateway_batches, package_submission, predict_file
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REAL_SAMPLE = Path("/work/shared/cmi-real-sample")
+NOTEBOOK = REPO_ROOT / "kaggle" / "submission_notebook.py"
+ENV_VARS = (
+    "MODEL_PATH",
+    "TORCH_BUNDLE_PATH",
+    "ENSEMBLE_W_LGBM",
+    "ENSEMBLE_W_TORCH",
+    "LOAD_TORCH_FOLDS_IN_MEMORY",
+    "FAIL_IF_TORCH_MISSING",
+    "KAGGLE_IS_COMPETITION_RERUN",
+)
+
+# A stand-in for Kaggle's evaluation package: records what the notebook does with it and
+# runs a gateway that behaves like CMIGateway (polars read, random order, str check).
+FAKE_SERVER = textwrap.dedent(
+    """
+    import importlib.util
+    import json
+    import os
+    import random
+    import sys
+
+    import polars as pl
+
+    GESTURES = set(json.loads(os.environ["FAKE_KAGGLE_GESTURES"]))
+
+
+    def _record(event, **info):
+        with open(os.environ["FAKE_KAGGLE_RECORD"], "a") as handle:
+            handle.write(json.dumps({"event": event, **info}) + "\\n")
+
+
+    class CMIInferenceServer:
+        def __init__(self, predict):
+            self.predict = predict
+            _record(
+                "init",
+                predict=f"{predict.__module__}.{predict.__name__}",
+                cmi_file=sys.modules["cmi"].__file__,
+                dvc_importable=importlib.util.find_spec("dvc") is not None,
+            )
+
+        def serve(self):
+            _record("serve")
+
+        def run_local_gateway(self, data_paths=None):
+            _record("run_local_gateway", data_paths=list(data_paths))
+            test = pl.read_csv(data_paths[0])
+            demos = pl.read_csv(data_paths[1])
+            ids = list(test["sequence_id"].unique())
+            rows = []
+            for seq_id in random.sample(ids, len(ids)):
+                sequence = test.filter(pl.col("sequence_id") == seq_id)
+                demo = demos.filter(pl.col("subject") == sequence["subject"][0])
+                answer = self.predict(sequence, demo)
+                if not isinstance(answer, str) or answer not in GESTURES:
+                    raise ValueError(f"bad prediction {answer!r}")
+                rows.append({"sequence_id": seq_id, "gesture": answer})
+            pl.DataFrame(rows).write_parquet("submission.parquet")
+            _record("done", n=len(rows))
+    """
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch):
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    inference.reset_cache()
+    yield
+    inference.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def fake_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_fake_bundle(tmp_path_factory.mktemp("fake_bundle"))
+
+
+@pytest.fixture(scope="module")
+def dataset(fake_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder `cmi package` writes (read-only)."""
+    return package_submission(tmp_path_factory.mktemp("package") / "submission", fake_bundle)
+
+
+def _kaggle_input(root: Path, dataset: Path) -> Path:
+    """/kaggle/input with the competition folder (fake kaggle_evaluation) and our dataset."""
+    competition = root / "input" / "cmi-detect-behavior-with-sensor-data"
+    (competition / "kaggle_evaluation").mkdir(parents=True)
+    (competition / "kaggle_evaluation" / "__init__.py").write_text("")
+    (competition / "kaggle_evaluation" / "cmi_inference_server.py").write_text(FAKE_SERVER)
+    for name in ("test.csv", "test_demographics.csv"):
+        shutil.copy(REAL_SAMPLE / name, competition / name)
+    shutil.copytree(dataset, root / "input" / "cmi-submission")
+    (root / "working").mkdir()
+    return root / "input"
+
+
+def _run_notebook(python: str, input_root: Path, rerun: bool) -> tuple[list[dict], Path]:
+    work = input_root.parent / "working"
+    record = input_root.parent / f"record-{rerun}.jsonl"
+    env = {k: v for k, v in os.environ.items() if k not in (*ENV_VARS, "PYTHONPATH")}
+    env.update(
+        CMI_KAGGLE_INPUT=str(input_root),
+        CMI_KAGGLE_WORK=str(work),
+        FAKE_KAGGLE_RECORD=str(record),
+        FAKE_KAGGLE_GESTURES=json.dumps(list(GESTURES)),
+    )
+    if rerun:
+        env["KAGGLE_IS_COMPETITION_RERUN"] = "1"
+    script = input_root / "cmi-submission" / "submission_notebook.py"
+    result = subprocess.run(
+        [python, str(script)], cwd=work, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    events = [json.loads(line) for line in record.read_text().splitlines()]
+    return events, work
+
+
+# ------------------------------------------------------------------------------ cmi predict
+
+
+def test_gateway_batches_shuffle_like_kaggle() -> None:
+    test = pl.DataFrame(
+        {
+            "sequence_id": [f"S{i % 7}" for i in range(30)],
+            "sequence_counter": list(range(30)),
+            "subject": [f"P{i % 7 % 3}" for i in range(30)],
+        }
+    )
+    demographics = pl.DataFrame({"subject": ["P0", "P1"], "age": [10, 20]})
+    batches = gateway_batches(test, demographics, seed=1)
+    assert sorted(b[0] for b in batches) == [f"S{i}" for i in range(7)]
+    assert [b[0] for b in batches] == [b[0] for b in gateway_batches(test, demographics, seed=1)]
+    assert [b[0] for b in batches] != [b[0] for b in gateway_batches(test, demographics, seed=2)]
+    for sequence_id, rows, demo in batches:
+        assert set(rows["sequence_id"]) == {sequence_id}
+        assert rows["sequence_counter"].is_sorted()
+        expected = rows["subject"][0]
+        assert demo["subject"].to_list() == ([expected] if expected != "P2" else [])
+
+
+def test_cmi_predict_writes_a_valid_submission(fake_bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "submission.parquet"
+    code = cli_main(
+        [
+            "predict",
+            "--test",
+            str(REAL_SAMPLE / "test.csv"),
+            "--demographics",
+            str(REAL_SAMPLE / "test_demographics.csv"),
+            "--out",
+            str(out),
+            "--bundle",
+            str(fake_bundle),
+            "--seed",
+            "0",
+        ]
+    )
+    assert code == 0
+    submission = pl.read_parquet(out)
+    assert submission.columns == ["sequence_id", "gesture"]
+    assert sorted(submission["sequence_id"]) == ["SEQ_000001", "SEQ_000011"]
+    assert set(submission["gesture"]) <= set(GESTURES)
+    # The same answers as calling predict directly.
+    test = pl.read_csv(REAL_SAMPLE / "test.csv")
+    demographics = pl.read_csv(REAL_SAMPLE / "test_demographics.csv")
+    for sequence_id, gesture in submission.iter_rows():
+        sequence = test.filter(pl.col("sequence_id") == sequence_id)
+        demo = demographics.filter(pl.col("subject") == sequence["subject"][0])
+        assert inference.predict(sequence, demo) == gesture
+
+
+def test_cmi_predict_fails_on_a_bad_bundle(fake_bundle: Path, tmp_path: Path, capsys) -> None:
+    bundle = Path(shutil.copytree(fake_bundle, tmp_path / "bundle"))
+    weights = bundle / "torch" / "fold_0.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"evil")
+    out = tmp_path / "submission.parquet"
+    args = [
+        "predict",
+        "--test",
+        str(REAL_SAMPLE / "test.csv"),
+        "--demographics",
+        str(REAL_SAMPLE / "test_demographics.csv"),
+        "--out",
+        str(out),
+        "--bundle",
+        str(bundle),
+    ]
+    assert cli_main(args) == 2
+    assert "torch/fold_0.safetensors: checksum mismatch" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(BundleError, match="bundle directory not found"):
+        predict_file(
+            REAL_SAMPLE / "test.csv", REAL_SAMPLE / "test_demographics.csv", out, tmp_path / "x"
+        )
+
+
+# ------------------------------------------------------------------------------ cmi package
+
+
+def test_package_writes_an_uploadable_folder(dataset: Path) -> None:
+    assert sorted(p.name for p in dataset.iterdir()) == [
+        "README.md",
+        "bundle",
+        "submission_notebook.py",
+        "wheels",
+    ]
+    assert load_bundle(dataset / "bundle").has_torch
+    (wheel,) = (dataset / "wheels").glob("cmi-*-py3-none-any.whl")
+    assert (
+        "inference.py"
+        in subprocess.run(
+            [sys.executable, "-m", "zipfile", "-l", str(wheel)], capture_output=True, text=True
+        ).stdout
+    )
+    assert (dataset / "submission_notebook.py").read_text() == NOTEBOOK.read_text()
+    assert not (REPO_ROOT / "build").exists()  # the wheel was built from a copy
+
+
+def test_package_without_bundle_or_dvc_remote_says_so(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # not a DVC repo: the pull must fail, clearly
+    with pytest.raises(FileNotFoundError, match=r"dvc pull models/bundle\` failed"):
+        package_submission(tmp_path / "out", Path("models/bundle"))
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------ notebook
+
+
+def test_notebook_serves_predict_through_kaggle_evaluation(dataset: Path, tmp_path: Path) -> None:
+    input_root = _kaggle_input(tmp_path, dataset)
+    events, work = _run_notebook(sys.executable, input_root, rerun=False)
+    init, gateway, done = events
+    assert init["event"] == "init" and init["predict"] == "cmi.inference.predict"
+    # cmi came from the dataset's wheel, not from this checkout.
+    assert Path(init["cmi_file"]).is_relative_to(work / "cmi_wheel")
+    competition = input_root / "cmi-detect-behavior-with-sensor-data"
+    assert gateway == {
+        "event": "run_local_gateway",
+        "data_paths": [str(competition / "test.csv"), str(competition / "test_demographics.csv")],
+    }
+    assert done == {"event": "done", "n": 2}
+    submission = pl.read_parquet(work / "submission.parquet")
+    assert set(submission["gesture"]) <= set(GESTURES)
+
+    events, _ = _run_notebook(sys.executable, input_root, rerun=True)
+    assert [e["event"] for e in events] == ["init", "serve"]
+
+
+# ------------------------------------------------------------------------------ fresh venv
+
+
+def _deps_without_cmi_and_dvc(target: Path) -> Path:
+    """The workspace's third-party packages (symlinked), minus cmi and DVC."""
+    site = Path(sysconfig.get_paths()["purelib"])
+    target.mkdir()
+    for entry in site.iterdir():
+        name = entry.name.lower()
+        if name.startswith(("cmi", "__editable__", "dvc", "_cmi")) or name.endswith(".pth"):
+            continue
+        (target / entry.name).symlink_to(entry)
+    return target
+
+
+@pytest.mark.slow
+def test_wheel_in_a_fresh_venv_predicts_like_the_workspace(
+    dataset: Path, fake_bundle: Path, tmp_path: Path
+) -> None:
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = str(venv / "bin" / "python")
+    venv_site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    deps = _deps_without_cmi_and_dvc(tmp_path / "deps")
+    Path(venv_site, "workspace_deps.pth").write_text(f"{deps}\n")
+    (wheel,) = (dataset / "wheels").glob("cmi-*.whl")
+    env = {k: v for k, v in os.environ.items() if k not in (*ENV_VARS, "PYTHONPATH")}
+    subprocess.run(
+        [python, "-m", "pip", "install", "--no-index", "--no-deps", "--quiet", str(wheel)],
+        check=True,
+        env=env,
+        timeout=300,
+    )
+    probe = textwrap.dedent(
+        f"""
+        import importlib.util, json
+        import polars as pl
+        import cmi
+        from cmi import inference
+        test = pl.read_csv({str(REAL_SAMPLE / "test.csv")!r})
+        demographics = pl.read_csv({str(REAL_SAMPLE / "test_demographics.csv")!r})
+        out = {{"cmi_file": cmi.__file__, "dvc": importlib.util.find_spec("dvc") is not None}}
+        for sequence_id in sorted(test["sequence_id"].unique()):
+            sequence = test.filter(pl.col("sequence_id") == sequence_id)
+            demo = demographics.filter(pl.col("subject") == sequence["subject"][0])
+            out[sequence_id] = inference.predict_ensemble(sequence, demo).tolist()
+        print(json.dumps(out))
+        """
+    )
+    result = subprocess.run(
+        [python, "-c", probe],
+        cwd=tmp_path,
+        env={**env, "MODEL_PATH": str(dataset / "bundle")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    fresh = json.loads(result.stdout.strip().splitlines()[-1])
+    assert Path(fresh.pop("cmi_file")).is_relative_to(venv)
+    assert fresh.pop("dvc") is False
+
+    inference.load(inference.InferenceSettings(model_path=fake_bundle))
+    test = pl.read_csv(REAL_SAMPLE / "test.csv")
+    demographics = pl.read_csv(REAL_SAMPLE / "test_demographics.csv")
+    for sequence_id, proba in fresh.items():
+        sequence = test.filter(pl.col("sequence_id") == sequence_id)
+        demo = demographics.filter(pl.col("subject") == sequence["subject"][0])
+        np.testing.assert_array_equal(np.array(proba), inference.predict_ensemble(sequence, demo))
+
+    # And the notebook script, run by that interpreter, serves from the wheel.
+    events, work = _run_notebook(python, _kaggle_input(tmp_path / "kaggle", dataset), False)
+    assert events[0]["dvc_importable"] is False
+    assert Path(events[0]["cmi_file"]).is_relative_to(work / "cmi_wheel")
+    assert events[-1] == {"event": "done", "n": 2}
+
+
+@pytest.mark.slow
+def test_cmi_predict_with_the_tiny_pipeline_bundle(tiny_trained_project: Path, tmp_path) -> None:
+    out = tmp_path / "submission.parquet"
+    bundle = tiny_trained_project / "models" / "bundle"
+    submission = predict_file(
+        REAL_SAMPLE / "test.csv", REAL_SAMPLE / "test_demographics.csv", out, bundle, seed=3
+    )
+    assert pl.read_parquet(out).equals(submission)
+    assert submission.height == 2 and set(submission["gesture"]) <= set(GESTURES)
+    # The tiny project's own test.csv (half IMU-only) too, through the CLI.
+    raw = tiny_trained_project / "data" / "raw"
+    args = ["predict", "--test", str(raw / "test.csv"), "--demographics"]
+    args += [str(raw / "test_demographics.csv"), "--out", str(out), "--bundle", str(bundle)]
+    assert cli_main(args) == 0
+    submission = pl.read_parquet(out)
+    test_ids = pl.read_csv(raw / "test.csv")["sequence_id"].unique()
+    assert sorted(submission["sequence_id"]) == sorted(test_ids)
+    assert set(submission["gesture"]) <= set(GESTURES)
