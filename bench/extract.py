@@ -88,8 +88,10 @@ def single_sequence_ms(data_dir: Path, n_single: int) -> float:
     test_like = train.drop(TRAIN_ONLY_COLUMNS)
     # the same kind of per-call frames Kaggle's gateway hands to predict()
     sequences = list(test_like.partition_by("sequence_id", maintain_order=True))[:n_single]
-    demo_rows = {row[0]: demographics.filter(pl.col("subject") == row[0]) for row in
-                 demographics.select("subject").iter_rows()}
+    demo_rows = {
+        row[0]: demographics.filter(pl.col("subject") == row[0])
+        for row in demographics.select("subject").iter_rows()
+    }
     for sequence in sequences[:5]:  # warm-up
         compute_features(prepare_sensor_frame(sequence), demo_rows[sequence["subject"][0]], params)
     times = []
@@ -117,8 +119,10 @@ def main() -> None:
         peaks.append(peak)
         print(f"run {run + 1}/{args.runs}: {wall:.1f} s, peak RSS {peak:.2f} GB")
     stage_s, stage_gb = statistics.median(walls), statistics.median(peaks)
-    print(f"extract stage: median {stage_s:.1f} s, median peak RSS {stage_gb:.2f} GB "
-          f"(max {max(peaks):.2f} GB) over {args.runs} runs")
+    print(
+        f"extract stage: median {stage_s:.1f} s, median peak RSS {stage_gb:.2f} GB "
+        f"(max {max(peaks):.2f} GB) over {args.runs} runs"
+    )
 
     single_ms, n = single_sequence_ms(data_dir, args.n_single)
     print(f"inference features: median {single_ms:.2f} ms per sequence over {n} sequences")

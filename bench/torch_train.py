@@ -83,17 +83,18 @@ def bench_training(inputs, params, device: torch.device, epochs: int):
     tensors = tuple(
         torch.from_numpy(a) for a in (inputs.x_train, inputs.mask_train, inputs.y_train)
     )
-    rates = []
+    rates, cpu_rates = [], []
     for epoch in range(epochs):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         train_epoch(run, run.model, inputs, tensors, params, epoch, device, Distributed(), None)
         if device.type == "cuda":
             torch.cuda.synchronize()
         rates.append(len(inputs.y_train) / (time.perf_counter() - started))
+        cpu_rates.append(len(inputs.y_train) / (time.process_time() - cpu_started))
     started = time.perf_counter()
     predict_proba(run.model, inputs.x_val, inputs.mask_val)
     val_seconds = time.perf_counter() - started
-    return run.model, rates, val_seconds
+    return run.model, rates, statistics.median(cpu_rates), val_seconds
 
 
 def bench_inference(model, inputs, frames: pl.DataFrame, channels, device, calls: int):
@@ -144,7 +145,7 @@ def main() -> None:
         threads = configure_torch(device)
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         print(f"\n== {device} ({threads} CPU threads, load average {load:.1f})")
-        model, rates, val_seconds = bench_training(inputs, params, device, args.epochs)
+        model, rates, cpu_rate, val_seconds = bench_training(inputs, params, device, args.epochs)
         median_rate = statistics.median(rates)
         epoch_s = len(inputs.y_train) / median_rate + val_seconds
         stage_s = epoch_s * params.epochs * n_folds
@@ -152,6 +153,8 @@ def main() -> None:
             f"training: {median_rate:.0f} sequences/s (median of {len(rates)} epochs: "
             f"{', '.join(f'{r:.0f}' for r in rates)}); validation pass {val_seconds:.2f} s"
         )
+        # Per CPU-second of this process: less sensitive to other load on a shared machine.
+        print(f"  {cpu_rate:.0f} sequences per process-CPU-second (all threads together)")
         print(
             f"  -> about {epoch_s:.1f} s per epoch, {stage_s / 60:.1f} min for "
             f"{params.epochs} epochs x {n_folds} folds (the whole stage, data prep excluded)"

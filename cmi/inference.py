@@ -4,7 +4,8 @@ The bundle loads once, lazily, on the first call (or on an explicit ``load()``, 
 notebook's warm-up) and stays cached in this module. Settings come from environment
 variables, read when the bundle first loads (never at import time):
 
-- ``MODEL_PATH``: the bundle directory, or its ``lgbm/`` part (default ``models/bundle``);
+- ``MODEL_PATH``: the bundle directory, or its ``lgbm/`` part, or the folder `cmi package`
+  wrote (default ``models/bundle``);
 - ``TORCH_BUNDLE_PATH``: a bundle (or its ``torch/`` part) to take the Torch models from;
   its blend weights then apply, since they were fitted with both models;
 - ``ENSEMBLE_W_LGBM`` / ``ENSEMBLE_W_TORCH``: override the bundle's blend weights (all groups);
@@ -82,10 +83,13 @@ def _env_float(environ: Mapping[str, str], name: str) -> float | None:
 
 
 def resolve_bundle_root(path: Path, part: str) -> Path:
-    """A bundle root from a path to the bundle, its manifest, or its ``part`` subfolder."""
+    """A bundle root from a path to the bundle, its manifest, its ``part`` subfolder, or the
+    folder `cmi package` wrote (which holds ``bundle/``)."""
     path = Path(path)
     if path.name == MANIFEST_NAME and path.is_file():
         return path.parent
+    if not (path / MANIFEST_NAME).exists() and (path / "bundle" / MANIFEST_NAME).exists():
+        return path / "bundle"
     is_part = path.name == part and not (path / MANIFEST_NAME).exists()
     if is_part and (path.parent / MANIFEST_NAME).exists():
         return path.parent
@@ -152,7 +156,6 @@ class Predictor:
         self.torch_part = torch_part
         self.torch_problem = torch_problem  # why Torch is off, for logs and reports
         self._torch_folds = self._build_torch(torch_part) if torch_part else []
-        self._torch_failures = 0
 
     @property
     def uses_torch(self) -> bool:
@@ -259,7 +262,6 @@ class Predictor:
         except Exception as err:
             if self.settings.fail_if_torch_missing:
                 raise
-            self._torch_failures += 1
             log.warning("Torch failed on this sequence, using LightGBM alone: %r", err)
             return p_lgbm
         group = str(features.sequences.get_column("sensor_group")[0])

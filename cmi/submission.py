@@ -166,6 +166,7 @@ def pull_bundle(bundle_dir: Path) -> None:
 def build_wheel(root: Path, out_dir: Path) -> Path:
     """A wheel of ``cmi`` built offline from a clean copy of the source (the checkout is left
     untouched: no build/ or egg-info appears there)."""
+    out_dir = Path(out_dir).resolve()  # pip runs in the temp dir
     with tempfile.TemporaryDirectory(prefix="cmi-wheel-") as tmp:
         src = Path(tmp) / "src"
         src.mkdir()

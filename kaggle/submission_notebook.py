@@ -11,15 +11,18 @@ What it does, in order:
 2. points MODEL_PATH at the bundle it finds (unless MODEL_PATH is already set);
 3. loads and verifies the bundle right away, so a broken one fails here, seconds after
    start, well inside the 15-minute startup limit, and runs one warm-up prediction;
-4. builds `CMIInferenceServer(predict)` and calls `serve()` when KAGGLE_IS_COMPETITION_RERUN
-   is set, else `run_local_gateway` on the competition's public test files (which writes
-   submission.parquet).
+4. imports `kaggle_evaluation.cmi_inference_server` from the competition folder, builds
+   `CMIInferenceServer(predict)` and calls `serve()` when KAGGLE_IS_COMPETITION_RERUN is set,
+   else `run_local_gateway` on the competition's public test files (which writes
+   submission.parquet). Without kaggle_evaluation, `cmi.submission.predict_file` runs the same
+   loop and writes submission.parquet itself.
 
 CMI_KAGGLE_INPUT and CMI_KAGGLE_WORK override /kaggle/input and /kaggle/working (tests).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -76,12 +79,13 @@ def find_bundle(root: Path) -> Path | None:
 
 
 def find_competition_dir(root: Path) -> Path | None:
-    """The folder holding kaggle_evaluation/ and the public test files."""
+    """The competition folder: kaggle_evaluation/ (when Kaggle ships it) and the test files."""
     preferred = root / COMPETITION
     candidates = [preferred, *(d for d in _dirs(root, 2) if d != preferred)]
-    for folder in candidates:
-        if (folder / "kaggle_evaluation" / "cmi_inference_server.py").is_file():
-            return folder
+    for marker in ("kaggle_evaluation/cmi_inference_server.py", "test_demographics.csv"):
+        for folder in candidates:
+            if (folder / marker).is_file():
+                return folder
     return None
 
 
@@ -144,21 +148,22 @@ def main() -> None:
     log.info("ready after %.1fs", time.perf_counter() - started)
 
     if competition is None:
-        raise SystemExit(f"no {COMPETITION} folder with kaggle_evaluation/ under {root}")
-    sys.path.insert(0, str(competition))
-    import importlib
+        raise SystemExit(f"no {COMPETITION} folder under {root}: attach the competition data")
+    data_paths = (str(competition / "test.csv"), str(competition / "test_demographics.csv"))
+    if not (competition / "kaggle_evaluation" / "cmi_inference_server.py").is_file():
+        # Outside Kaggle's evaluation setup: the same loop, run by cmi itself.
+        from cmi.submission import predict_file
 
+        log.warning("no kaggle_evaluation in %s: predicting with cmi's own gateway", competition)
+        predict_file(Path(data_paths[0]), Path(data_paths[1]), Path("submission.parquet"))
+        return
+    sys.path.insert(0, str(competition))
     server_module = importlib.import_module(SERVER_MODULE)
     server = server_module.CMIInferenceServer(inference.predict)
     if os.getenv("KAGGLE_IS_COMPETITION_RERUN"):
         server.serve()
     else:
-        server.run_local_gateway(
-            data_paths=(
-                str(competition / "test.csv"),
-                str(competition / "test_demographics.csv"),
-            )
-        )
+        server.run_local_gateway(data_paths=data_paths)
 
 
 if __name__ == "__main__":

@@ -134,12 +134,14 @@ def main(root: Path = Path(".")) -> None:
     paths = ProjectPaths(root)
     params = load_params(paths.params)
     dist = distributed_from_env()
+    if not dist.is_main:
+        logging.getLogger().setLevel(logging.WARNING)  # one rank tells the story
     device = resolve_device(params.torch.device, dist)
     if dist.enabled:
         backend = "nccl" if device.type == "cuda" else "gloo"
         torch.distributed.init_process_group(backend=backend)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # one GPU per torchrun rank
     threads = configure_torch(device, dist)
     log.info("device %s, %d threads, world size %d", device, threads, dist.world_size)
 

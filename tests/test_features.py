@@ -453,6 +453,12 @@ def test_odd_inputs_never_crash(real_train: pl.DataFrame, demographics: pl.DataF
             pl.lit(float("-inf")).alias("thm_1"),
         ),
         "shuffled rows": sequence.sample(fraction=1.0, shuffle=True, seed=1),
+        "absurd values": sequence.with_columns(
+            pl.lit(1e300).alias("acc_x"),
+            pl.lit(-1e300).alias("rot_y"),
+            pl.lit(1e300).alias("thm_2"),
+            pl.lit(1e300).alias("tof_1_v0"),
+        ),
         "integer sensors": sequence.with_columns(pl.col(TOF_COLUMNS).cast(pl.Int64)),
     }
     for name, frame in cases.items():

@@ -287,6 +287,8 @@ def test_paths_to_parts_and_a_separate_torch_bundle(bundles, use_bundle, kaggle_
 
     use_bundle(bundles["full"] / "lgbm")
     np.testing.assert_allclose(inference.predict_ensemble(sequence, demographics), expected)
+    use_bundle(bundles["full"].parent)  # the folder holding bundle/, as `cmi package` writes
+    np.testing.assert_allclose(inference.predict_ensemble(sequence, demographics), expected)
 
     use_bundle(bundles["lgbm_only"], TORCH_BUNDLE_PATH=str(bundles["full"] / "torch"))
     assert inference.get_predictor().uses_torch

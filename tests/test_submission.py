@@ -137,8 +137,8 @@ def _run_notebook(python: str, input_root: Path, rerun: bool) -> tuple[list[dict
         [python, str(script)], cwd=work, env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    events = [json.loads(line) for line in record.read_text().splitlines()]
-    return events, work
+    lines = record.read_text().splitlines() if record.exists() else []
+    return [json.loads(line) for line in lines], work
 
 
 # ------------------------------------------------------------------------------ cmi predict
@@ -348,10 +348,20 @@ def test_wheel_in_a_fresh_venv_predicts_like_the_workspace(
         np.testing.assert_array_equal(np.array(proba), inference.predict_ensemble(sequence, demo))
 
     # And the notebook script, run by that interpreter, serves from the wheel.
-    events, work = _run_notebook(python, _kaggle_input(tmp_path / "kaggle", dataset), False)
+    input_root = _kaggle_input(tmp_path / "kaggle", dataset)
+    events, work = _run_notebook(python, input_root, False)
     assert events[0]["dvc_importable"] is False
     assert Path(events[0]["cmi_file"]).is_relative_to(work / "cmi_wheel")
     assert events[-1] == {"event": "done", "n": 2}
+    # Without kaggle_evaluation, the notebook runs cmi's own gateway loop.
+    (work / "submission.parquet").unlink()
+    shutil.rmtree(input_root / "cmi-detect-behavior-with-sensor-data" / "kaggle_evaluation")
+    events, work = _run_notebook(python, input_root, False)
+    assert events == []
+    assert sorted(pl.read_parquet(work / "submission.parquet")["sequence_id"]) == [
+        "SEQ_000001",
+        "SEQ_000011",
+    ]
 
 
 @pytest.mark.slow
@@ -372,3 +382,29 @@ def test_cmi_predict_with_the_tiny_pipeline_bundle(tiny_trained_project: Path, t
     test_ids = pl.read_csv(raw / "test.csv")["sequence_id"].unique()
     assert sorted(submission["sequence_id"]) == sorted(test_ids)
     assert set(submission["gesture"]) <= set(GESTURES)
+
+
+@pytest.mark.slow
+def test_package_pulls_a_missing_bundle_from_the_dvc_remote(
+    fake_bundle: Path, tmp_path: Path, monkeypatch
+) -> None:
+    repo, remote = tmp_path / "repo", tmp_path / "remote"
+    repo.mkdir()
+
+    def run(*command: str) -> None:
+        subprocess.run(command, cwd=repo, check=True, capture_output=True, timeout=300)
+
+    dvc = [sys.executable, "-m", "dvc"]
+    run("git", "init", "-q")
+    run(*dvc, "init", "-q")
+    run(*dvc, "remote", "add", "-d", "local", str(remote))
+    shutil.copytree(fake_bundle, repo / "models" / "bundle")
+    run(*dvc, "add", "-q", "models/bundle")
+    run(*dvc, "push", "-q")
+    shutil.rmtree(repo / "models" / "bundle")
+    shutil.rmtree(repo / ".dvc" / "cache")
+
+    monkeypatch.chdir(repo)
+    out = package_submission(Path("submission"), Path("models/bundle"))
+    assert load_bundle(repo / "models" / "bundle").has_torch
+    assert load_bundle(out / "bundle").has_torch

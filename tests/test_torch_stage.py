@@ -161,3 +161,27 @@ def test_truncated_and_foreign_checkpoints_are_not_used(
     assert "fold 2: ignoring checkpoint" in rerun.stderr
     assert "resuming" not in rerun.stderr
     assert_same_outputs(reference, root)
+
+
+@pytest.mark.slow
+def test_stage_under_torchrun_ddp_on_cpu(tiny_features_project: Path, tmp_path: Path) -> None:
+    """Two gloo ranks on CPU: rank 0 writes prefix-free weights that a plain net loads."""
+    import subprocess
+    import sys
+
+    from pipeline_helpers import STAGES_DIR
+
+    root = copy_project(tiny_features_project, tmp_path / "p")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+               "--master_port=0", str(STAGES_DIR / STAGE)]  # fmt: skip
+    result = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "world size 2" in result.stderr
+    paths = ProjectPaths(root)
+    meta = json.loads((paths.torch_dir / "meta.json").read_text())
+    frames = pl.read_parquet(paths.frame_features)
+    for k in fold_ids(root):
+        fm = load_fold_model(paths.torch_dir, k)
+        x, mask, _ = to_padded(frames.head(200), meta["channels"], fm.scaler, fm.pad_len, "end")
+        assert np.isfinite(predict_proba(fm.model, x, mask)).all()
+    assert pl.read_parquet(paths.oof("torch")).height == pl.read_parquet(paths.sequences).height

@@ -1,0 +1,98 @@
+"""stages/extract.py on tiny synthetic data: the contract's three files, and bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+from pipeline_helpers import copy_project, run_stage
+
+from cmi.features import frame_channels, is_modality_channel, sequence_feature_names
+from cmi.io import sha256_file
+from cmi.params import load_params
+from cmi.paths import ProjectPaths
+from cmi.schema import GESTURE_INDEX, GESTURES, TRAIN_ONLY_COLUMNS, TRAIN_SCHEMA
+
+SEQUENCES_SCHEMA = {
+    "sequence_id": pl.String,
+    "subject": pl.String,
+    "gesture": pl.String,
+    "label": pl.Int32,
+    "sensor_group": pl.String,
+    "length": pl.Int32,
+    "handedness": pl.Int32,
+}
+
+
+def test_extract_writes_the_contract(tiny_features_project: Path) -> None:
+    paths = ProjectPaths(tiny_features_project)
+    params = load_params(paths.params).extract
+    raw = pl.read_csv(paths.raw_dir / "train.csv", schema=TRAIN_SCHEMA)
+
+    sequences = pl.read_parquet(paths.sequences)
+    assert dict(sequences.schema) == SEQUENCES_SCHEMA
+    assert sequences.height == raw["sequence_id"].n_unique()
+    assert sequences["sequence_id"].is_unique().all()
+    assert set(sequences["gesture"]) <= set(GESTURES)
+    assert sequences["label"].to_list() == [GESTURE_INDEX[g] for g in sequences["gesture"]]
+    assert set(sequences["sensor_group"]) == {"full", "imu_only"}
+    truth = raw.group_by("sequence_id").agg(pl.len().cast(pl.Int32).alias("n"))
+    joined = sequences.join(truth, on="sequence_id")
+    assert (joined["length"] == joined["n"]).all()
+
+    seq_features = pl.read_parquet(paths.sequence_features)
+    assert seq_features.columns == ["sequence_id", *sequence_feature_names(params)]
+    assert set(seq_features.dtypes[1:]) == {pl.Float32}
+    assert seq_features["sequence_id"].to_list() == sequences["sequence_id"].to_list()
+
+    frames = pl.read_parquet(paths.frame_features)
+    channels = frame_channels(params)
+    assert frames.columns == ["sequence_id", "sequence_counter", *channels]
+    assert frames["sequence_counter"].dtype == pl.Int32
+    assert set(frames.dtypes[2:]) == {pl.Float32}
+    assert frames.height == raw.height
+    assert frames.equals(frames.sort("sequence_id", "sequence_counter"))
+    imu = [c for c in channels if not is_modality_channel(c)]
+    assert frames.select(pl.col(imu).null_count().sum()).row(0) == (0,) * len(imu)
+
+    imu_only = sequences.filter(pl.col("sensor_group") == "imu_only")["sequence_id"]
+    modality = [c for c in seq_features.columns if is_modality_channel(c)]
+    only = seq_features.filter(pl.col("sequence_id").is_in(imu_only.implode()))
+    assert only.select(pl.col(modality).is_null().all()).row(0) == (True,) * len(modality)
+
+    for frame in (sequences, seq_features, frames):
+        assert not set(frame.columns) & (set(TRAIN_ONLY_COLUMNS) - {"gesture"})
+    assert "gesture" not in seq_features.columns and "gesture" not in frames.columns
+
+
+def test_bad_raw_file_fails_and_keeps_outputs(tiny_features_project: Path, tmp_path: Path) -> None:
+    root = copy_project(tiny_features_project, tmp_path / "p")
+    paths = ProjectPaths(root)
+    outputs = [paths.sequences, paths.sequence_features, paths.frame_features]
+    before = {p: sha256_file(p) for p in outputs}
+
+    train_csv = paths.raw_dir / "train.csv"
+    text = train_csv.read_text()
+    gesture = next(g for g in GESTURES if f",{g}," in text)
+    train_csv.write_text(text.replace(f",{gesture},", ",Juggle chainsaws,", 1))
+
+    result = run_stage("extract.py", root, check=False)
+    assert result.returncode != 0
+    assert "train.csv" in result.stderr and "Juggle chainsaws" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert {p: sha256_file(p) for p in outputs} == before
+    assert not list(paths.features_dir.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("broken", ["test.csv", "test_demographics.csv"])
+def test_test_files_are_validated_too(
+    tiny_features_project: Path, tmp_path: Path, broken: str
+) -> None:
+    root = copy_project(tiny_features_project, tmp_path / "p")
+    target = ProjectPaths(root).raw_dir / broken
+    lines = target.read_text().splitlines()
+    target.write_text("\n".join([lines[0].replace("subject", "subjekt"), *lines[1:]]) + "\n")
+    result = run_stage("extract.py", root, check=False)
+    assert result.returncode != 0
+    assert broken in result.stderr
