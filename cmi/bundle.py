@@ -302,6 +302,8 @@ def _read_manifest(root: Path) -> dict[str, Any]:
     for key in ("classes", "extract", "lgbm", "files", "blend"):
         if key not in manifest:
             raise BundleError(f"{path}: missing key {key!r}")
+    if not isinstance(manifest["files"], dict):
+        raise BundleError(f"{path}: 'files' must map paths to checksums")
     _check_classes(manifest["classes"], path)
     return manifest
 

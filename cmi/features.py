@@ -108,12 +108,12 @@ _SENSOR_INDEX: dict[str, int] = {c: i for i, c in enumerate(SENSOR_COLUMNS)}
 _TOF_SENSOR_COLUMNS: dict[int, tuple[str, ...]] = {
     s: tuple(f"tof_{s}_v{p}" for p in range(N_TOF_PIXELS)) for s in range(1, N_TOF_SENSORS + 1)
 }
-# Pixel v{p} is row p // 8, column p % 8 of the 8x8 image; regions are its 4x4 quadrants.
-_TOF_REGION_PIXELS: tuple[np.ndarray, ...] = tuple(
-    np.array([r * 8 + c for r in rows for c in cols])
-    for rows in (range(0, 4), range(4, 8))
-    for cols in (range(0, 4), range(4, 8))
-)
+# Pixel v{p} is row p // 8, column p % 8 of the 8x8 image; regions are its 4x4 quadrants
+# r0 (top left), r1 (top right), r2 (bottom left), r3 (bottom right).
+_N_TOF_REGIONS = 4
+_TOF_REGION_MATRIX = np.zeros((N_TOF_PIXELS, _N_TOF_REGIONS), dtype=np.float32)
+for _pixel in range(N_TOF_PIXELS):
+    _TOF_REGION_MATRIX[_pixel, (_pixel // 8 // 4) * 2 + (_pixel % 8) // 4] = 1.0
 
 
 def is_modality_channel(name: str) -> bool:
@@ -143,7 +143,7 @@ class FeatureSet:
 def _tof_channel_names(tof_regions: bool) -> tuple[str, ...]:
     per_sensor = ["mean", "min", "invalid"]
     if tof_regions:
-        per_sensor += [f"r{k}" for k in range(len(_TOF_REGION_PIXELS))]
+        per_sensor += [f"r{k}" for k in range(_N_TOF_REGIONS)]
     return tuple(f"tof_{s}_{n}" for s in range(1, N_TOF_SENSORS + 1) for n in per_sensor)
 
 
@@ -330,13 +330,20 @@ def _groups_from_ids(sequence_ids: np.ndarray) -> _Groups:
     return _Groups(starts, counts, len(sequence_ids))
 
 
-def _fill_within_groups(values: np.ndarray, valid: np.ndarray, groups: _Groups) -> np.ndarray:
+def _fill_within_groups(
+    values: np.ndarray, valid: np.ndarray | None, groups: _Groups
+) -> np.ndarray:
     """Forward-fill, then backward-fill, each column inside each group; (R, C) -> (R, C).
 
-    Invalid entries of a group with no valid value in that column become NaN. Only the groups
-    that have a gap and something to fill it with are processed (usually few).
+    ``valid=None`` means NaN marks the gaps, and ``values`` is filled in place. Invalid
+    entries of a group with no valid value in that column become NaN. Only the groups that
+    have a gap and something to fill it with are processed (usually few).
     """
-    out = np.where(valid, values, np.nan)
+    if valid is None:
+        valid = ~np.isnan(values)
+        out = values
+    else:
+        out = np.where(valid, values, np.nan)
     gap_rows = ~valid.all(axis=1)
     if not gap_rows.any():
         return out
@@ -436,9 +443,13 @@ def angular_velocity(quat: np.ndarray, groups: _Groups, sampling_rate_hz: float)
 
 
 def _imu_channels(
-    acc_raw: np.ndarray, rot_raw: np.ndarray, groups: _Groups, sampling_rate_hz: float
-) -> np.ndarray:
-    """(R, len(IMU_CHANNELS)); never NaN.
+    acc_raw: np.ndarray,
+    rot_raw: np.ndarray,
+    groups: _Groups,
+    sampling_rate_hz: float,
+    out: np.ndarray,
+) -> None:
+    """Writes the IMU channels, channel-major, into ``out`` (len(IMU_CHANNELS), R); never NaN.
 
     acc: gaps filled from the nearest frame of the sequence, a sequence without acc -> 0.
     rot: a row whose quaternion is incomplete or zero is filled from the nearest good frame of
@@ -469,9 +480,12 @@ def _imu_channels(
     jerk = np.zeros_like(acc_mag)
     jerk[1:] = np.diff(acc_mag, axis=0) * sampling_rate_hz
     jerk[groups.starts] = 0.0
-    channels = np.hstack([acc, rot, linear, omega, distance, acc_mag, linear_mag, jerk])
+    row = 0
+    for block in (acc, rot, linear, omega, distance, acc_mag, linear_mag, jerk):
+        out[row : row + block.shape[1]] = block.T
+        row += block.shape[1]
     # Only absurd magnitudes (inf - inf) can make NaN here; IMU channels are never null.
-    return np.nan_to_num(channels, nan=0.0, posinf=_FLOAT32_MAX, neginf=-_FLOAT32_MAX)
+    np.nan_to_num(out, copy=False, nan=0.0, posinf=_FLOAT32_MAX, neginf=-_FLOAT32_MAX)
 
 
 def _tof_sensor_channels(pixels: np.ndarray, tof_regions: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -482,23 +496,23 @@ def _tof_sensor_channels(pixels: np.ndarray, tof_regions: bool) -> tuple[np.ndar
     in float32: the pixels are small integers, so the sums are exact and it runs ~5x faster.
     """
     pixels = pixels.astype(np.float32, copy=False)
-    reported = ~np.isnan(pixels)
     valid = (pixels >= 0) & (pixels < np.inf)  # False for NaN and for absurd values
-    n_reported = reported.sum(axis=1)
-    n_valid = valid.sum(axis=1)
+    n_reported = N_TOF_PIXELS - np.isnan(pixels).sum(axis=1)
     masked = np.where(valid, pixels, np.float32(0.0))
+    # Region sums as one small matrix product (BLAS); exact, as all partial sums are integers.
+    region_total = masked @ _TOF_REGION_MATRIX
+    region_valid = valid.astype(np.float32) @ _TOF_REGION_MATRIX
+    n_valid = region_valid.sum(axis=1)
     far = np.float32(TOF_NO_REFLECTION)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(n_valid > 0, masked.sum(axis=1) / n_valid, far)
+        mean = np.where(n_valid > 0, region_total.sum(axis=1) / n_valid, far)
         minimum = np.where(valid, pixels, np.float32(np.inf)).min(axis=1)
         minimum = np.where(n_valid > 0, minimum, far)
         invalid_share = (n_reported - n_valid) / n_reported
         columns = [mean, minimum, invalid_share]
         if tof_regions:
-            for region in _TOF_REGION_PIXELS:
-                n_region = valid[:, region].sum(axis=1)
-                total = masked[:, region].sum(axis=1)
-                columns.append(np.where(n_region > 0, total / n_region, far))
+            regions = np.where(region_valid > 0, region_total / region_valid, far)
+            columns += list(regions.T)
     out = np.stack(columns, axis=1).astype(np.float32)
     any_reported = n_reported > 0
     out[~any_reported] = np.nan
@@ -509,15 +523,17 @@ _TOF_ROW_CHUNK = 16_384
 
 
 def _modality_channels(
-    blocks: _SensorBlocks, groups: _Groups, tof_regions: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """(R, 5 + tof channels) thm/tof channels, gaps filled inside each sequence, else NaN.
+    blocks: _SensorBlocks, groups: _Groups, tof_regions: bool, out: np.ndarray
+) -> np.ndarray:
+    """Writes thm/tof channels, channel-major, into ``out`` (5 + tof channels, R).
 
-    Also returns per row whether any thm/tof value was reported (for sensor_group).
+    Gaps inside a sequence are filled, a sensor silent for a whole sequence stays NaN.
+    Returns per row whether any thm/tof value was reported (for sensor_group).
     """
-    thm = blocks.get(THM_COLUMNS)
+    thm = _fill_within_groups(blocks.get(THM_COLUMNS).copy(), None, groups)
     reported = ~np.isnan(thm).all(axis=1)
-    channels = [thm]
+    out[: thm.shape[1]] = thm.T
+    row = thm.shape[1]
     for sensor in range(1, N_TOF_SENSORS + 1):
         pixels = blocks.get(_TOF_SENSOR_COLUMNS[sensor], np.float32)
         # Row chunks keep the temporaries in cache (~1.5x faster); rows are independent.
@@ -525,10 +541,11 @@ def _modality_channels(
             _tof_sensor_channels(pixels[start : start + _TOF_ROW_CHUNK], tof_regions)
             for start in range(0, pixels.shape[0], _TOF_ROW_CHUNK)
         ]
-        channels.append(np.concatenate([part[0] for part in parts]))
+        tof = _fill_within_groups(np.concatenate([part[0] for part in parts]), None, groups)
         reported |= np.concatenate([part[1] for part in parts])
-    values = np.hstack(channels)
-    return _fill_within_groups(values, ~np.isnan(values), groups), reported
+        out[row : row + tof.shape[1]] = tof.T
+        row += tof.shape[1]
+    return reported
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -620,11 +637,11 @@ def _group_stats(
 
 
 def _sequence_matrix(
-    frame_values: np.ndarray, groups: _Groups, sampling_rate_hz: float, n_segments: int
+    channels: np.ndarray, groups: _Groups, sampling_rate_hz: float, n_segments: int
 ) -> np.ndarray:
-    """(G, C * (len(WHOLE_STATS) + n_segments * len(SEGMENT_STATS))) in feature-name order."""
-    n_groups, n_channels = len(groups.counts), frame_values.shape[1]
-    channels = np.ascontiguousarray(frame_values.T)  # (C, R)
+    """(C, R) frame channels -> (G, C * (len(WHOLE_STATS) + n_segments * len(SEGMENT_STATS)))
+    sequence features, in feature-name order."""
+    n_groups, n_channels = len(groups.counts), channels.shape[0]
     time_s = groups.index_in_group() / sampling_rate_hz
     whole = _group_stats(channels, groups, time_s, WHOLE_STATS)
     parts = [np.stack([whole[s] for s in WHOLE_STATS], axis=2).transpose(1, 0, 2)]  # (G, C, S)
@@ -653,6 +670,15 @@ def _float32_frame(values: np.ndarray, names: Sequence[str]) -> pl.DataFrame:
     if n_rows == 1:
         return flat.to_frame().transpose(column_names=list(names))
     return flat.reshape((n_rows, n_columns)).arr.to_struct(list(names)).struct.unnest()
+
+
+def _channel_major_frame(channels: np.ndarray, names: Sequence[str]) -> pl.DataFrame:
+    """(C, R) -> Float32 DataFrame of C columns, NaN as null: each column is a zero-copy
+    slice of one flat Series, so no row-major copy of the table is ever made."""
+    n_rows = channels.shape[1]
+    flat32 = np.clip(channels, -_FLOAT32_MAX, _FLOAT32_MAX).astype(np.float32).reshape(-1)
+    flat = pl.Series("v", flat32).fill_nan(None)
+    return pl.DataFrame([flat.slice(i * n_rows, n_rows).alias(n) for i, n in enumerate(names)])
 
 
 class _SensorBlocks:
@@ -714,21 +740,28 @@ def _compute_sorted(
     groups = _groups_from_ids(sequence_ids.to_numpy())
     blocks = _SensorBlocks(sensor)
 
-    imu = _imu_channels(
-        blocks.get(ACC_COLUMNS), blocks.get(ROT_COLUMNS), groups, params.sampling_rate_hz
+    names = _frame_channels(params.tof_regions)
+    channels = np.empty((len(names), groups.n_rows))  # channel-major: fast group reductions
+    n_imu = len(IMU_CHANNELS)
+    _imu_channels(
+        blocks.get(ACC_COLUMNS),
+        blocks.get(ROT_COLUMNS),
+        groups,
+        params.sampling_rate_hz,
+        out=channels[:n_imu],
     )
-    modality, reported = _modality_channels(blocks, groups, params.tof_regions)
+    reported = _modality_channels(blocks, groups, params.tof_regions, out=channels[n_imu:])
     del blocks
-    frame_values = np.hstack([imu, modality])
-    del imu, modality
 
-    frame_features = _float32_frame(frame_values, _frame_channels(params.tof_regions))
+    frame_features = _channel_major_frame(channels, names)
     frame_features.insert_column(0, sequence_ids)
-    frame_features.insert_column(1, sensor.get_column("sequence_counter").cast(pl.Int32))
+    frame_features.insert_column(
+        1, sensor.get_column("sequence_counter").cast(pl.Int32, strict=False)
+    )
 
     sequences, demo_values = _sequence_table(sensor, groups, reported, demographics)
     n_segments = _segments(params)
-    per_channel = _sequence_matrix(frame_values, groups, params.sampling_rate_hz, n_segments)
+    per_channel = _sequence_matrix(channels, groups, params.sampling_rate_hz, n_segments)
     matrix = np.hstack([per_channel, groups.counts[:, None].astype(np.float64), demo_values])
     sequence_features = _float32_frame(
         matrix, _sequence_feature_names(params.tof_regions, n_segments)

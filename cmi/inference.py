@@ -36,7 +36,7 @@ import polars as pl
 
 from cmi.blend import BlendWeights, normalize_weights
 from cmi.bundle import MANIFEST_NAME, Bundle, BundleError, TorchFold, TorchPart, load_bundle
-from cmi.schema import GESTURES, N_CLASSES
+from cmi.schema import GESTURES, N_CLASSES, SENSOR_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +160,10 @@ class Predictor:
     @property
     def uses_torch(self) -> bool:
         return bool(self._torch_folds)
+
+    def disable_torch(self, reason: str) -> None:
+        self._torch_folds = []
+        self.torch_problem = reason
 
     def _build_torch(self, part: TorchPart) -> list[_TorchFoldModel]:
         from cmi.nn.data import Scaler
@@ -324,6 +328,11 @@ def _load_torch_part(
     source = load_bundle(root, parts=("torch",), torch_in_memory=settings.torch_folds_in_memory)
     if source.torch is None:
         return None, main.blend, f"{root} has no Torch part"
+    if source.extract != main.extract:
+        raise BundleError(
+            f"{root / MANIFEST_NAME}: built with extract params {source.extract}, but "
+            f"{main.root} with {main.extract}; features must match"
+        )
     return source.torch, source.blend, None
 
 
@@ -361,12 +370,38 @@ def build_predictor(settings: InferenceSettings, *, strict: bool = False) -> Pre
     except Exception as err:
         if fail_on_torch or torch_part is None:
             raise
-        problem = f"Torch models failed to build: {err}"
-        predictor = Predictor(main, None, weights, settings, problem)
-    if problem:
-        log.warning("using LightGBM alone: %s", problem)
+        predictor = Predictor(main, None, weights, settings, f"Torch models failed to build: {err}")
+    _self_check(predictor, fail_on_torch)
+    if predictor.torch_problem:
+        log.warning("using LightGBM alone: %s", predictor.torch_problem)
     log.info("loaded %s in %.2fs", predictor.describe(), time.perf_counter() - started)
     return predictor
+
+
+def probe_sequence(length: int = 8) -> pl.DataFrame:
+    """A still, full-sensor sequence in the Kaggle test layout."""
+    columns: dict[str, list] = {
+        "sequence_id": ["SEQ_PROBE"] * length,
+        "sequence_counter": list(range(length)),
+        "subject": ["SUBJ_PROBE"] * length,
+    }
+    for name in SENSOR_COLUMNS:
+        columns[name] = [1.0 if name == "rot_w" else 0.0] * length
+    return pl.DataFrame(columns)
+
+
+def _self_check(predictor: Predictor, fail_on_torch: bool) -> None:
+    """Run every model once on a probe: a bundle whose feature names this cmi no longer
+    computes fails at load time instead of on every call (and the first call is warm)."""
+    features = predictor.features(probe_sequence(), None)
+    predictor.lgbm_proba(features)
+    if predictor.uses_torch:
+        try:
+            predictor.torch_proba(features)
+        except Exception as err:
+            if fail_on_torch:
+                raise
+            predictor.disable_torch(f"Torch part fails on a probe sequence: {err}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -368,3 +368,37 @@ def test_inference_reproduces_each_folds_oof(tiny_trained_project: Path, use_bun
         np.testing.assert_allclose(
             predictor.torch_fold_probas(features)[fold], expected["torch"], atol=1e-6
         )
+
+
+def test_bundles_that_do_not_fit_this_feature_code(
+    bundles, use_bundle, kaggle_test, tmp_path: Path
+) -> None:
+    from test_bundle import write_fake_models
+
+    from cmi.bundle import build_bundle
+    from cmi.io import read_json, write_json
+    from cmi.params import ExtractParams
+
+    # A LightGBM part expecting a feature this cmi does not compute: refused at load time.
+    paths = write_fake_models(tmp_path / "renamed", with_torch=False)
+    meta = read_json(paths.lgbm_dir / "meta.json")
+    meta["feature_names"][0] = "feature_from_another_version"
+    write_json(meta, paths.lgbm_dir / "meta.json")
+    renamed = tmp_path / "renamed_bundle"
+    build_bundle(renamed, paths.lgbm_dir, None, None, ExtractParams())
+    use_bundle(renamed)
+    with pytest.raises(BundleError, match="feature_from_another_version"):
+        inference.load()
+    assert inference.predict(*_one(kaggle_test)) == inference.FALLBACK_GESTURE
+
+    # A Torch bundle made with other extract params: LightGBM alone, and it says why.
+    other = ExtractParams(tof_regions=False)
+    paths = write_fake_models(tmp_path / "other", extract=other)
+    other_bundle = tmp_path / "other_bundle"
+    build_bundle(
+        other_bundle, paths.lgbm_dir, paths.torch_dir, paths.blend_dir / "weights.json", other
+    )
+    use_bundle(bundles["lgbm_only"], TORCH_BUNDLE_PATH=str(other_bundle))
+    predictor = inference.load()
+    assert not predictor.uses_torch
+    assert "extract params" in predictor.torch_problem

@@ -123,6 +123,7 @@ def _kaggle_input(root: Path, dataset: Path) -> Path:
 def _run_notebook(python: str, input_root: Path, rerun: bool) -> tuple[list[dict], Path]:
     work = input_root.parent / "working"
     record = input_root.parent / f"record-{rerun}.jsonl"
+    record.unlink(missing_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in (*ENV_VARS, "PYTHONPATH")}
     env.update(
         CMI_KAGGLE_INPUT=str(input_root),
