@@ -53,8 +53,8 @@ def make_project(root: Path, data_dir: Path) -> Path:
     return root
 
 
-def run_stage_once(root: Path) -> tuple[float, float]:
-    """(wall seconds, peak RSS GB) of one stage run in its own process."""
+def run_stage_once(root: Path) -> tuple[float, float, float]:
+    """(wall seconds, peak RSS GB, CPU seconds user+sys) of one stage run in its own process."""
     command = [sys.executable, str(REPO_ROOT / "stages" / "extract.py")]
     time_v = Path("/usr/bin/time")
     if time_v.exists():
@@ -68,16 +68,22 @@ def run_stage_once(root: Path) -> tuple[float, float]:
     steps = [line.split(": ", 1)[-1] for line in result.stderr.splitlines() if " s" in line[-6:]]
     print("   steps:", "; ".join(steps))
     found = re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr)
-    if found:
+    user = re.search(r"User time \(seconds\): ([\d.]+)", result.stderr)
+    system = re.search(r"System time \(seconds\): ([\d.]+)", result.stderr)
+    if found and user and system:
         peak_kb = int(found.group(1))
+        cpu = float(user.group(1)) + float(system.group(1))
     else:
         # ru_maxrss of children is the max over all children so far: fine while runs are alike.
-        peak_kb = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    return wall, peak_kb / 1024**2
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        peak_kb = max(before, usage.ru_maxrss)
+        cpu = usage.ru_utime + usage.ru_stime  # cumulative over runs: an upper bound
+    return wall, peak_kb / 1024**2, cpu
 
 
-def single_sequence_ms(data_dir: Path, n_single: int) -> float:
-    """Median ms of prepare_sensor_frame + compute_features on one test-like sequence."""
+def single_sequence_ms(data_dir: Path, n_single: int) -> tuple[float, float, int]:
+    """Median wall and CPU ms of prepare_sensor_frame + compute_features on one test-like
+    sequence (CPU counts polars' worker threads too)."""
     from cmi.features import compute_features, prepare_sensor_frame
     from cmi.params import load_params
     from cmi.schema import TRAIN_ONLY_COLUMNS
@@ -94,13 +100,14 @@ def single_sequence_ms(data_dir: Path, n_single: int) -> float:
     }
     for sequence in sequences[:5]:  # warm-up
         compute_features(prepare_sensor_frame(sequence), demo_rows[sequence["subject"][0]], params)
-    times = []
+    walls, cpus = [], []
     for sequence in sequences:
         demo = demo_rows[sequence["subject"][0]]
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         compute_features(prepare_sensor_frame(sequence), demo, params)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times), len(times)
+        walls.append((time.perf_counter() - start) * 1000)
+        cpus.append((time.process_time() - start_cpu) * 1000)
+    return statistics.median(walls), statistics.median(cpus), len(walls)
 
 
 def main() -> None:
@@ -111,21 +118,28 @@ def main() -> None:
     args = parser.parse_args()
 
     data_dir = ensure_data(args.data)
-    walls, peaks = [], []
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    walls, peaks, cpus = [], [], []
     for run in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="cmi-bench-extract-") as tmp:
-            wall, peak = run_stage_once(make_project(Path(tmp), data_dir))
+            wall, peak, cpu = run_stage_once(make_project(Path(tmp), data_dir))
         walls.append(wall)
         peaks.append(peak)
-        print(f"run {run + 1}/{args.runs}: {wall:.1f} s, peak RSS {peak:.2f} GB")
-    stage_s, stage_gb = statistics.median(walls), statistics.median(peaks)
+        cpus.append(cpu)
+        print(f"run {run + 1}/{args.runs}: {wall:.1f} s, CPU {cpu:.1f} s, peak RSS {peak:.2f} GB")
+    stage_s, stage_cpu = statistics.median(walls), statistics.median(cpus)
     print(
-        f"extract stage: median {stage_s:.1f} s, median peak RSS {stage_gb:.2f} GB "
-        f"(max {max(peaks):.2f} GB) over {args.runs} runs"
+        f"extract stage: median {stage_s:.1f} s wall ({stage_cpu:.1f} s CPU), "
+        f"median peak RSS {statistics.median(peaks):.2f} GB (max {max(peaks):.2f} GB) "
+        f"over {args.runs} runs"
     )
 
-    single_ms, n = single_sequence_ms(data_dir, args.n_single)
-    print(f"inference features: median {single_ms:.2f} ms per sequence over {n} sequences")
+    single_ms, single_cpu_ms, n = single_sequence_ms(data_dir, args.n_single)
+    print(
+        f"inference features: median {single_ms:.2f} ms wall ({single_cpu_ms:.2f} ms CPU) "
+        f"per sequence over {n} sequences"
+    )
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
 
     ok = stage_s < STAGE_SECONDS and max(peaks) < STAGE_GB and single_ms < SINGLE_MS
     print(

@@ -111,9 +111,11 @@ _TOF_SENSOR_COLUMNS: dict[int, tuple[str, ...]] = {
 # Pixel v{p} is row p // 8, column p % 8 of the 8x8 image; regions are its 4x4 quadrants
 # r0 (top left), r1 (top right), r2 (bottom left), r3 (bottom right).
 _N_TOF_REGIONS = 4
-_TOF_REGION_MATRIX = np.zeros((N_TOF_PIXELS, _N_TOF_REGIONS), dtype=np.float32)
-for _pixel in range(N_TOF_PIXELS):
-    _TOF_REGION_MATRIX[_pixel, (_pixel // 8 // 4) * 2 + (_pixel % 8) // 4] = 1.0
+_TOF_REGION_PIXELS: tuple[np.ndarray, ...] = tuple(
+    np.array([r * 8 + c for r in rows for c in cols])
+    for rows in (range(0, 4), range(4, 8))
+    for cols in (range(0, 4), range(4, 8))
+)
 
 
 def is_modality_channel(name: str) -> bool:
@@ -499,9 +501,9 @@ def _tof_sensor_channels(pixels: np.ndarray, tof_regions: bool) -> tuple[np.ndar
     valid = (pixels >= 0) & (pixels < np.inf)  # False for NaN and for absurd values
     n_reported = N_TOF_PIXELS - np.isnan(pixels).sum(axis=1)
     masked = np.where(valid, pixels, np.float32(0.0))
-    # Region sums as one small matrix product (BLAS); exact, as all partial sums are integers.
-    region_total = masked @ _TOF_REGION_MATRIX
-    region_valid = valid.astype(np.float32) @ _TOF_REGION_MATRIX
+    # The blocks come column-major from polars, so picking a region's 16 columns is cheap.
+    region_total = np.stack([masked[:, r].sum(axis=1) for r in _TOF_REGION_PIXELS], axis=1)
+    region_valid = np.stack([valid[:, r].sum(axis=1) for r in _TOF_REGION_PIXELS], axis=1)
     n_valid = region_valid.sum(axis=1)
     far = np.float32(TOF_NO_REFLECTION)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -511,7 +513,7 @@ def _tof_sensor_channels(pixels: np.ndarray, tof_regions: bool) -> tuple[np.ndar
         invalid_share = (n_reported - n_valid) / n_reported
         columns = [mean, minimum, invalid_share]
         if tof_regions:
-            regions = np.where(region_valid > 0, region_total / region_valid, far)
+            regions = np.where(region_valid > 0, region_total / region_valid, far)  # (R, 4)
             columns += list(regions.T)
     out = np.stack(columns, axis=1).astype(np.float32)
     any_reported = n_reported > 0
@@ -656,6 +658,15 @@ def _sequence_matrix(
 # ----------------------------------------------------------------------------- assembly
 
 
+def _finite_float32(values: np.ndarray) -> np.ndarray:
+    """C-contiguous float32 copy; absurd values that overflow float32 are clipped, not inf."""
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(values, dtype=np.float32)
+    if np.isinf(out).any():  # rare: one cheap check instead of clipping every value
+        np.clip(out, -_FLOAT32_MAX, _FLOAT32_MAX, out=out)
+    return out
+
+
 def _float32_frame(values: np.ndarray, names: Sequence[str]) -> pl.DataFrame:
     """(N, C) -> Float32 DataFrame with NaN as null (the contract's "missing").
 
@@ -663,9 +674,7 @@ def _float32_frame(values: np.ndarray, names: Sequence[str]) -> pl.DataFrame:
     for one sequence's 1,500 features would alone blow the inference budget.
     """
     n_rows, n_columns = values.shape
-    # Absurd inputs could overflow float32 to inf; features are finite or null, never inf.
-    values = np.clip(values, -_FLOAT32_MAX, _FLOAT32_MAX)
-    flat = pl.Series("v", np.ascontiguousarray(values, dtype=np.float32).reshape(-1))
+    flat = pl.Series("v", _finite_float32(values).reshape(-1))
     flat = flat.fill_nan(None)
     if n_rows == 1:
         return flat.to_frame().transpose(column_names=list(names))
@@ -676,8 +685,7 @@ def _channel_major_frame(channels: np.ndarray, names: Sequence[str]) -> pl.DataF
     """(C, R) -> Float32 DataFrame of C columns, NaN as null: each column is a zero-copy
     slice of one flat Series, so no row-major copy of the table is ever made."""
     n_rows = channels.shape[1]
-    flat32 = np.clip(channels, -_FLOAT32_MAX, _FLOAT32_MAX).astype(np.float32).reshape(-1)
-    flat = pl.Series("v", flat32).fill_nan(None)
+    flat = pl.Series("v", _finite_float32(channels).reshape(-1)).fill_nan(None)
     return pl.DataFrame([flat.slice(i * n_rows, n_rows).alias(n) for i, n in enumerate(names)])
 
 

@@ -128,47 +128,47 @@ class _Template:
 
 _FACE_N = (1.0, -0.2, 0.1)
 _LEG = dict(touch=(0.38, -0.13, -0.34), forearm=(0.9, 0.25, -0.35), face=(0.1, 0, 1),
-            normal=(0, 0, 1), tof_mm=(45, 120, 190, 150, 280), warmth=0.6)  # fmt: skip
+            normal=(0, 0, 1), tof_mm=(22, 60, 228, 180, 336), warmth=0.6)  # fmt: skip
 _TEMPLATES: dict[str, _Template] = {
     "Above ear - pull hair": _Template((-0.01, -0.08, 0.43), (0.0, 0.3, 0.95), (0, -1, 0.3),
-                                       (-0.1, -1, 0.2), "pull", (60, 170, 45, 260, 200), 1.0),
+                                       (-0.1, -1, 0.2), "pull", (30, 204, 22, 312, 240), 1.0),
     "Cheek - pinch skin": _Template((0.07, -0.05, 0.33), (0.25, 0.45, 0.86), (0.6, -0.8, 0),
-                                    _FACE_N, "pinch", (40, 140, 90, 210, 270), 1.0),
+                                    _FACE_N, "pinch", (20, 70, 45, 252, 324), 1.0),
     "Eyebrow - pull hair": _Template((0.09, -0.03, 0.40), (0.3, 0.35, 0.89), (0.9, -0.3, 0.2),
-                                     _FACE_N, "pull", (55, 90, 130, 220, 280), 1.0),
+                                     _FACE_N, "pull", (28, 45, 65, 264, 336), 1.0),
     "Eyelash - pull hair": _Template((0.095, -0.03, 0.38), (0.36, 0.35, 0.86), (0.9, -0.3, 0.1),
-                                     _FACE_N, "pull", (48, 85, 125, 225, 285), 1.0,
+                                     _FACE_N, "pull", (24, 42, 62, 270, 342), 1.0,
                                      amp_scale=0.8, freq_scale=1.1),
     "Forehead - pull hairline": _Template((0.08, -0.01, 0.45), (0.3, 0.3, 0.9),
                                           (0.9, -0.2, 0.35), _FACE_N, "pull",
-                                          (60, 95, 150, 190, 270), 1.0, amp_scale=1.2),
+                                          (30, 48, 180, 228, 324), 1.0, amp_scale=1.2),
     "Forehead - scratch": _Template((0.08, -0.01, 0.45), (0.3, 0.3, 0.9), (0.9, -0.2, 0.35),
-                                    _FACE_N, "scratch", (60, 95, 150, 190, 270), 1.0),
+                                    _FACE_N, "scratch", (30, 48, 180, 228, 324), 1.0),
     "Neck - pinch skin": _Template((0.05, -0.02, 0.20), (0.35, 0.75, 0.55), (0.8, -0.4, -0.2),
-                                   (1, -0.3, -0.1), "pinch", (35, 150, 100, 250, 220), 1.0),
+                                   (1, -0.3, -0.1), "pinch", (18, 180, 50, 300, 264), 1.0),
     "Neck - scratch": _Template((0.05, -0.02, 0.20), (0.35, 0.75, 0.55), (0.8, -0.4, -0.2),
-                                (1, -0.3, -0.1), "scratch", (35, 150, 100, 250, 220), 1.0),
+                                (1, -0.3, -0.1), "scratch", (18, 180, 50, 300, 264), 1.0),
     "Write name on leg": _Template(**_LEG, style="write", length_scale=1.2),
     "Wave hello": _Template((0.15, -0.38, 0.40), (0.05, -0.25, 0.97), (-1, 0, 0), (1, 0, 0),
-                            "wave", (400, 420, 380, 450, 330), 0.0),
+                            "wave", (480, 504, 456, 540, 396), 0.0),
     "Glasses on/off": _Template((0.12, -0.05, 0.38), (0.3, 0.45, 0.84), (0.8, -0.6, 0),
-                                _FACE_N, "glasses", (60, 100, 150, 220, 280), 0.9,
+                                _FACE_N, "glasses", (30, 50, 180, 264, 336), 0.9,
                                 length_scale=1.1),
     "Text on phone": _Template((0.35, 0.0, -0.05), (0.75, 0.6, 0.2), (0.1, -0.3, 0.95),
-                               (0, 0, 1), "text", (110, 230, 280, 320, 200), 0.3,
+                               (0, 0, 1), "text", (55, 276, 336, 384, 240), 0.3,
                                length_scale=1.2),
     "Write name in air": _Template((0.45, -0.15, 0.25), (0.85, 0.05, 0.5), (-0.45, 0, 0.9),
-                                   (1, 0, 0), "write", (380, 350, 420, 300, 450), 0.0,
+                                   (1, 0, 0), "write", (456, 420, 504, 360, 540), 0.0,
                                    amp_scale=1.8, freq_scale=0.8, length_scale=1.2),
     "Feel around in tray and pull out an object": _Template(
         (0.45, -0.05, -0.25), (0.85, 0.2, -0.45), (0.3, 0, 0.95), (0, 0, 1), "tray",
-        (90, 200, 240, 280, 300), 0.1, length_scale=1.5),
+        (45, 240, 288, 336, 360), 0.1, length_scale=1.5),
     "Scratch knee/leg skin": _Template(**_LEG, style="scratch"),
     "Pull air toward your face": _Template((0.35, -0.10, 0.33), (0.9, 0.1, 0.4), (0, -1, 0),
-                                           (1, 0, 0), "pull_air", (230, 260, 300, 340, 320),
+                                           (1, 0, 0), "pull_air", (276, 312, 360, 408, 384),
                                            0.3),
     "Drink from bottle/cup": _Template((0.10, -0.02, 0.30), (0.3, 0.7, 0.65), (0.6, -0.5, -0.2),
-                                       _FACE_N, "drink", (70, 160, 140, 240, 220), 0.5,
+                                       _FACE_N, "drink", (35, 192, 70, 288, 264), 0.5,
                                        length_scale=1.1),
     "Pinch knee/leg skin": _Template(**_LEG, style="pinch"),
 }  # fmt: skip
@@ -228,7 +228,7 @@ _REST = {
     2: ((0.00, -0.25, -0.35), (0.2, 0.0, -1.0), (1, 0, 0)),
     3: ((0.05, -0.15, -0.30), (0.3, 0.0, -1.0), (0, -1, 0)),
 }
-_REST_TOF_MM = (150.0, 220.0, 270.0, 250.0, 300.0)
+_REST_TOF_MM = (120.0, 176.0, 216.0, 200.0, 240.0)
 _REST_WARMTH = 0.45
 _HEAT_MM = 110.0  # distance over which a thermopile's view of warm skin fades
 # Direction each ToF sensor's distance moves with the hand's rotation (device frame).
@@ -420,7 +420,7 @@ def _subject_traits(demo: pl.DataFrame, rng: np.random.Generator) -> dict[str, n
         "yaw": rng.uniform(0, 2 * np.pi, (n, 1)) + rng.normal(0, 0.5, (n, 4)),
         "pose": rng.normal(0, 0.10, (n, 4, 3)),
         "skin": rng.normal(34.0, 0.7, n),
-        "ambient": rng.normal(25.0, 1.0, n),
+        "ambient": rng.normal(25.4, 0.8, n),
         "thm_off": rng.normal(0, 0.4, (n, 5)),
         "tof_off": rng.normal(0, 12.0, (n, 5)),
         "acc_bias": rng.normal(0, 0.08, (n, 3)),
