@@ -210,12 +210,16 @@ class Predictor:
             )
         if frame.height != 1:
             raise ValueError(f"expected one feature row, got {frame.height}")
-        if frame.columns[1:] == self.lgbm.feature_names:  # the usual case, and the fast one
-            frame = frame.drop("sequence_id")
+        # One row of ~1,500 columns: reading it as a tuple is ~100x faster than to_numpy().
+        row = frame.row(0)
+        if frame.columns[1:] == self.lgbm.feature_names:  # the usual case
+            values = row[1:]
         else:
-            frame = frame.select(self.lgbm.feature_names)
-        x = frame.cast(pl.Float32).to_numpy().astype(np.float32)
-        x = np.where(np.isfinite(x), x, np.nan)  # null -> NaN: LightGBM's "missing"
+            position = {name: i for i, name in enumerate(frame.columns)}
+            values = tuple(row[position[name]] for name in self.lgbm.feature_names)
+        # None (null) -> NaN, LightGBM's "missing"; float32 as in training.
+        x = np.array(values, dtype=np.float64).astype(np.float32)[None, :]
+        x[~np.isfinite(x)] = np.nan
         rows = []
         for booster in self.lgbm.boosters:
             # As cmi.lgbm.predict_proba (which made the OOF), but on one thread: for one row,

@@ -26,6 +26,15 @@ CHANNELS = ["acc_x", "acc_y", "rot_w", "thm_1", "tof_1_mean"]
 PAD_LEN = 64
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One intra-op thread: fast and steady on a small, busy machine (no OpenMP spinning)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_net(n_channels: int = len(CHANNELS)) -> TimeSeriesNet:
     torch.manual_seed(0)
     return TimeSeriesNet(n_channels, conv_channels=(8, 12), lstm_hidden=6, gru_hidden=5).eval()

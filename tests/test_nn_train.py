@@ -42,6 +42,15 @@ PARAMS = TorchParams(
 CPU = torch.device("cpu")
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One intra-op thread: fast and steady on a small, busy machine (no OpenMP spinning)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def random_inputs(fold: int = 0, n_train: int = 30, n_val: int = 10, t: int = 13) -> FoldInputs:
     rng = np.random.default_rng(fold)
 

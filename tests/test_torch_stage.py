@@ -172,9 +172,10 @@ def test_stage_under_torchrun_ddp_on_cpu(tiny_features_project: Path, tmp_path: 
     from pipeline_helpers import STAGES_DIR
 
     root = copy_project(tiny_features_project, tmp_path / "p")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-               "--master_port=0", str(STAGES_DIR / STAGE)]  # fmt: skip
-    result = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600)
+    # --standalone: a local rendezvous on a free port (a fixed port could be taken).
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", str(STAGES_DIR / STAGE)]  # fmt: skip
+    result = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "world size 2" in result.stderr
     paths = ProjectPaths(root)
