@@ -10,8 +10,9 @@ sequence) and a single sequence is simply a batch of one, so both give the same 
 Frame channels (``frame_channels``), all Float32:
 - IMU, never null: raw ``acc_x/y/z``; the unit quaternion ``rot_w/x/y/z`` with w >= 0;
   ``linear_acc_x/y/z`` (gravity removed); ``angular_vel_x/y/z`` (rad/s, device frame) and
-  ``angular_distance`` (rad between consecutive frames); ``acc_mag``, ``linear_acc_mag``;
-  ``acc_mag_jerk`` (d|acc|/dt).
+  ``angular_distance`` (rad to the next frame; the last frame repeats the previous value);
+  ``acc_mag``, ``linear_acc_mag``; ``acc_mag_jerk`` (d|acc|/dt; the first frame repeats the
+  second's).
 - modality (names start with "thm"/"tof"): ``thm_1..5``; per ToF sensor s ``tof_s_mean`` and
   ``tof_s_min`` of the valid pixels, ``tof_s_invalid`` (share of -1 pixels) and, with
   ``tof_regions``, ``tof_s_r0..r3`` (mean of valid pixels of the four 4x4 quadrants). They are
@@ -444,12 +445,24 @@ def relative_rotation_vectors(q_from: np.ndarray, q_to: np.ndarray) -> np.ndarra
 
 
 def angular_velocity(quat: np.ndarray, groups: _Groups, sampling_rate_hz: float) -> np.ndarray:
-    """(R, 3) rad/s from each frame to the next of the same sequence; 0 on a sequence's last."""
+    """(R, 3) rad/s from each frame to the next of the same sequence.
+
+    A sequence's last frame has no next one: it repeats the previous frame's value (0 for a
+    one-frame sequence), so no constant 0 ends every sequence.
+    """
     omega = np.zeros((quat.shape[0], 3))
     if quat.shape[0] > 1:
         omega[:-1] = relative_rotation_vectors(quat[:-1], quat[1:]) * sampling_rate_hz
-    omega[groups.ends - 1] = 0.0
+    _hold_edge(omega, groups.ends - 1, -1, groups.counts)
     return omega
+
+
+def _hold_edge(values: np.ndarray, edge: np.ndarray, step: int, counts: np.ndarray) -> None:
+    """Rows ``edge`` (one per group) take the value of row ``edge + step`` of the same group,
+    or 0 for one-row groups (in place)."""
+    longer = counts > 1
+    values[edge[longer]] = values[edge[longer] + step]
+    values[edge[~longer]] = 0.0
 
 
 # ----------------------------------------------------------------------------- frame channels
@@ -492,7 +505,7 @@ def _imu_channels(
     linear_mag = np.linalg.norm(linear, axis=1, keepdims=True)
     jerk = np.zeros_like(acc_mag)
     jerk[1:] = np.diff(acc_mag, axis=0) * sampling_rate_hz
-    jerk[groups.starts] = 0.0
+    _hold_edge(jerk, groups.starts, 1, groups.counts)  # first frame: no previous one
     row = 0
     for block in (acc, rot, linear, omega, distance, acc_mag, linear_mag, jerk):
         out[row : row + block.shape[1]] = block.T

@@ -202,14 +202,23 @@ def test_angular_velocity_of_known_spin_and_sign_flips() -> None:
         features = compute_features(prepare_sensor_frame(sequence), None, PARAMS)
         results.append(frame_values(features, ["angular_vel_x", "angular_vel_y", "angular_vel_z"]))
         distance = frame_values(features, ["angular_distance"])[:, 0]
-        np.testing.assert_allclose(distance[:-1], omega / rate, atol=1e-5)
-        assert distance[-1] == 0.0  # no next frame
+        # the last frame has no next one and repeats the previous frame's value
+        np.testing.assert_allclose(distance, omega / rate, atol=1e-5)
         # stored quaternions are canonical: w >= 0 even where the input had w < 0
         assert (frame_values(features, ["rot_w"]) >= 0).all()
     expected = np.tile([0.0, 0.0, omega], (n, 1))
-    expected[-1] = 0.0
     np.testing.assert_allclose(results[0], expected, atol=1e-5)
     np.testing.assert_allclose(results[1], results[0], atol=1e-6)
+
+
+def test_jerk_is_the_rate_of_change_of_acc_magnitude() -> None:
+    n = 6
+    sequence = one_sequence(n, acc_z=9.81 + np.arange(n, dtype=np.float64))
+    features = compute_features(prepare_sensor_frame(sequence), None, PARAMS)
+    # |acc| grows by 1 per frame at 10 Hz; the first frame repeats the second's value
+    np.testing.assert_allclose(frame_values(features, ["acc_mag_jerk"])[:, 0], 10.0, rtol=1e-5)
+    one = compute_features(prepare_sensor_frame(sequence.head(1)), None, PARAMS)
+    assert frame_values(one, ["acc_mag_jerk", "angular_distance"]).tolist() == [[0.0, 0.0]]
 
 
 def test_relative_rotation_is_sign_invariant_and_small_angle_safe() -> None:
