@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import subprocess
 import sys
@@ -34,10 +35,15 @@ def ensure_raw(raw_dir: Path) -> None:
     print(f"raw data: done in {time.perf_counter() - started:.0f}s")
 
 
-def run_stage(script: str, project: Path) -> float:
+def run_stage(script: str, project: Path) -> tuple[float, float]:
+    """Wall and CPU (user + sys) seconds of one stage run in a subprocess."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run([sys.executable, str(STAGES / script)], cwd=project, check=True)
-    return time.perf_counter() - started
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
 
 
 def ensure_project(project: Path, raw_dir: Path, force_extract: bool) -> None:
@@ -50,11 +56,11 @@ def ensure_project(project: Path, raw_dir: Path, force_extract: bool) -> None:
         raw_link.symlink_to(raw_dir.resolve(), target_is_directory=True)
     features = project / "data" / "features" / "sequence_features.parquet"
     if force_extract or not features.is_file():
-        print(f"extract: {run_stage('extract.py', project):.0f}s", flush=True)
+        print(f"extract: {run_stage('extract.py', project)[0]:.0f}s", flush=True)
     else:
         print(f"features: reusing {features.parent}")
     # Cheap, and keeps the folds in step with the current cv params.
-    print(f"folds: {run_stage('make_folds.py', project):.1f}s", flush=True)
+    print(f"folds: {run_stage('make_folds.py', project)[0]:.1f}s", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,13 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     ensure_raw(raw_dir)
     ensure_project(project, raw_dir, args.force_extract)
     shutil.rmtree(project / "checkpoints" / "lgbm", ignore_errors=True)
-    wall = run_stage("train_lgbm.py", project)
+    wall, cpu = run_stage("train_lgbm.py", project)
 
     metrics = json.loads((project / "metrics" / "lgbm.json").read_text())
     groups = {k: round(v["score"], 4) for k, v in metrics["per_sensor_group"].items()}
     print(
         f"\nlgbm stage wall time: {wall:.0f}s ({wall / 60:.1f} min; target < "
-        f"{TARGET_SECONDS // 60} min: {'OK' if wall < TARGET_SECONDS else 'TOO SLOW'})\n"
+        f"{TARGET_SECONDS // 60} min: {'OK' if wall < TARGET_SECONDS else 'TOO SLOW'}); "
+        f"CPU {cpu:.0f}s (user + sys; wall well above CPU / n_jobs means a busy machine)\n"
         f"OOF score {metrics['score']:.4f} (binary F1 {metrics['binary_f1']:.4f}, "
         f"macro F1 {metrics['macro_f1']:.4f}); per sensor group {groups}\n"
         f"best iterations {metrics['best_iterations']}"

@@ -702,8 +702,7 @@ def _float32_frame(values: np.ndarray, names: Sequence[str]) -> pl.DataFrame:
     for one sequence's 1,500 features would alone blow the inference budget.
     """
     n_rows, n_columns = values.shape
-    flat = pl.Series("v", _finite_float32(values).reshape(-1))
-    flat = flat.fill_nan(None)
+    flat = pl.Series("v", _finite_float32(values).reshape(-1), nan_to_null=True)
     if n_rows == 1:
         return flat.to_frame().transpose(column_names=list(names))
     return flat.reshape((n_rows, n_columns)).arr.to_struct(list(names)).struct.unnest()
@@ -713,7 +712,7 @@ def _channel_major_frame(channels: np.ndarray, names: Sequence[str]) -> pl.DataF
     """(C, R) -> Float32 DataFrame of C columns, NaN as null: each column is a zero-copy
     slice of one flat Series, so no row-major copy of the table is ever made."""
     n_rows = channels.shape[1]
-    flat = pl.Series("v", _finite_float32(channels).reshape(-1)).fill_nan(None)
+    flat = pl.Series("v", _finite_float32(channels).reshape(-1), nan_to_null=True)
     return pl.DataFrame([flat.slice(i * n_rows, n_rows).alias(n) for i, n in enumerate(names)])
 
 

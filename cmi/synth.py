@@ -411,18 +411,18 @@ def _subject_traits(demo: pl.DataFrame, rng: np.random.Generator) -> dict[str, n
         "child": demo.get_column("adult_child").to_numpy() == 0,
         "tempo": rng.lognormal(0.0, 0.22, n),
         "amp": rng.lognormal(0.0, 0.25, n),
-        "mount": rng.normal(0, 0.18, (n, 3)),  # how the device sits on the wrist
+        "mount": rng.normal(0, 0.22, (n, 3)),  # how the device sits on the wrist
         "aim": rng.normal(0, 0.12, (n, 3)),  # habitual hand orientation at targets
         "loc": rng.normal(0, 0.015, (n, 3)),
         "gesture_loc": rng.normal(0, 0.012, (n, n_g, 3)),
         "gesture_aim": rng.normal(0, 0.10, (n, n_g, 3)),
-        "sloppy": rng.beta(1.5, 10.0, n),
+        "sloppy": rng.beta(2.0, 10.0, n),
         "yaw": rng.uniform(0, 2 * np.pi, (n, 1)) + rng.normal(0, 0.5, (n, 4)),
         "pose": rng.normal(0, 0.10, (n, 4, 3)),
         "skin": rng.normal(34.0, 0.7, n),
         "ambient": rng.normal(25.4, 0.8, n),
         "thm_off": rng.normal(0, 0.4, (n, 5)),
-        "tof_off": rng.normal(0, 12.0, (n, 5)),
+        "tof_off": rng.normal(0, 18.0, (n, 5)),
         "acc_bias": rng.normal(0, 0.08, (n, 3)),
     }
 
@@ -484,7 +484,7 @@ def _targets(seq: dict, traits: dict, rng: np.random.Generator) -> None:
     forearm = _rotate(q_target, np.tile([1.0, 0.0, 0.0], (n, 1)))
     seq["r_target"] = touch - 0.16 * size * forearm  # the device sits ~16 cm from the fingers
     seq["q_target"] = q_target
-    seq["basis"] = np.array([_surface_basis(_TEMPLATES[GESTURES[i]].normal) for i in g])
+    seq["basis"] = np.array([_surface_basis(_TEMPLATES[name].normal) for name in GESTURES])[g]
 
 
 def _rest_and_start(seq: dict, traits: dict, rng: np.random.Generator) -> None:
@@ -548,7 +548,7 @@ def _surfaces(seq: dict, traits: dict, rng: np.random.Generator) -> None:
     """What the ToF sensors and thermopiles see at the target and at rest."""
     g, s, n = seq["gesture"], seq["subject"], len(seq["gesture"])
     offset = traits["tof_off"][s]
-    seq["tof_target"] = _template_arrays(g, "tof_mm") + offset + rng.normal(0, 20, (n, 5))
+    seq["tof_target"] = _template_arrays(g, "tof_mm") + offset + rng.normal(0, 28, (n, 5))
     seq["tof_rest"] = np.array(_REST_TOF_MM) + offset + rng.normal(0, 25, (n, 5))
     seq["warm_target"] = _template_arrays(g, "warmth")
     direction = rng.uniform(0, 2 * np.pi, (n, 5))
@@ -648,22 +648,29 @@ _PIX_MAX = (252.0 - 2.2 * _PIX_R2).astype(np.float32)  # vignetting: corners los
 
 
 def _tof_images(distance: np.ndarray, f: dict, rng: np.random.Generator) -> np.ndarray:
-    """Five 8x8 distance images per frame as one (frames, 320) column-major float64 array.
+    """Five 8x8 distance images per frame as one (320 pixels, frames) float64 array.
 
     Each image is an oblique, curved surface at the sensor's distance; pixels past the range
-    or dropped out read -1.
+    (corners first) or with a weak, noisy return read -1. Pixel-major layout keeps every
+    output column contiguous for polars.
     """
     n = len(distance)
-    out = np.empty((n, len(TOF_COLUMNS)), dtype=np.float64, order="F")
-    u, v, r2 = (a.astype(np.float32) for a in (_PIX_U, _PIX_V, _PIX_R2))
+    out = np.empty((len(TOF_COLUMNS), n), dtype=np.float64)
+    u, v, r2 = (a.astype(np.float32)[:, None] for a in (_PIX_U, _PIX_V, _PIX_R2))
     for s in range(5):
-        d = distance[:, s].astype(np.float32)[:, None]
-        pix = d + f["slope"][:, s, :1].astype(np.float32) * u
-        pix += f["slope"][:, s, 1:].astype(np.float32) * v
-        pix += f["curv"][:, s, None].astype(np.float32) * r2
-        pix += rng.standard_normal((n, 64), dtype=np.float32) * (3 + 0.03 * np.abs(d))
-        valid = (pix <= _PIX_MAX) & (rng.random((n, 64), dtype=np.float32) >= 0.02)
-        out[:, s * 64 : (s + 1) * 64] = np.where(valid, np.clip(np.rint(pix), 0, 252), -1.0)
+        d = distance[:, s].astype(np.float32)
+        pix = u * f["slope"][:, s, 0].astype(np.float32)
+        pix += v * f["slope"][:, s, 1].astype(np.float32)
+        pix += r2 * f["curv"][:, s].astype(np.float32)
+        pix += d
+        noise = rng.standard_normal((64, n), dtype=np.float32)
+        invalid = noise > 2.05  # ~2% of returns are too weak to report
+        noise *= 3 + 0.03 * np.abs(d)
+        pix += noise
+        invalid |= pix > _PIX_MAX[:, None]
+        np.clip(np.rint(pix, out=pix), 0, 252, out=pix)
+        pix[invalid] = -1.0
+        out[s * 64 : (s + 1) * 64] = pix
     return out
 
 
@@ -678,7 +685,7 @@ def _sensors(t: np.ndarray, f: dict, rng: np.random.Generator) -> dict[str, np.n
     tof = _tof_images(np.minimum(d_target, d_rest), f, rng)
     quat[f["no_rot"]] = np.nan
     thm[f["imu_only"]] = np.nan
-    tof[f["imu_only"]] = np.nan
+    tof[:, f["imu_only"]] = np.nan
     return {"acc": acc, "rot": quat, "thm": thm, "tof": tof}
 
 
@@ -771,9 +778,9 @@ def _sensor_frame(seq: dict, names: dict, labelled: bool, rng) -> pl.DataFrame:
     }
     if labelled:
         columns.update(_labels(seq, idx, counter))
-    for group, cols in (("acc", ("acc_x", "acc_y", "acc_z")), ("thm", _THM), ("tof", TOF_COLUMNS)):
+    for group, cols in (("acc", ("acc_x", "acc_y", "acc_z")), ("rot", _ROT), ("thm", _THM)):
         columns.update({c: sensors[group][:, j] for j, c in enumerate(cols)})
-    columns.update({c: sensors["rot"][:, j] for j, c in enumerate(_ROT)})
+    columns.update({c: sensors["tof"][j] for j, c in enumerate(TOF_COLUMNS)})
     del sensors, f
     frame = pl.DataFrame(columns, nan_to_null=True)
     row_id = pl.format(

@@ -10,7 +10,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import polars as pl
@@ -18,7 +18,7 @@ import polars as pl
 from cmi import lgbm
 from cmi.io import write_json, write_parquet, write_text, write_with
 from cmi.metrics import summarize_oof
-from cmi.params import load_params
+from cmi.params import Params, load_params
 from cmi.paths import ProjectPaths
 
 log = logging.getLogger("cmi.stages.lgbm")
@@ -48,7 +48,12 @@ def _slow_fold_hook() -> Callable[[int], None] | None:
     return hook
 
 
-def _write_models(paths: ProjectPaths, data: lgbm.TrainingSet, results, params) -> None:
+def _write_models(
+    paths: ProjectPaths,
+    data: lgbm.TrainingSet,
+    results: Sequence[lgbm.FoldResult],
+    params: Params,
+) -> None:
     out = paths.lgbm_dir
     for result in results:
         write_text(result.model_text, out / f"fold_{result.fold}.txt")
