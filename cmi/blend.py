@@ -68,6 +68,8 @@ def normalize_weights(w_lgbm: float, w_torch: float, source: str = "params.yaml"
             f"{source}: ensemble.w_lgbm + ensemble.w_torch must be > 0 "
             f"(got {w_lgbm} + {w_torch}); set at least one of them positive"
         )
+    if abs(total - 1.0) < 1e-9:  # already normalized: keep the values exactly (idempotent)
+        return {"lgbm": float(w_lgbm), "torch": float(w_torch)}
     return {"lgbm": float(w_lgbm) / total, "torch": float(w_torch) / total}
 
 

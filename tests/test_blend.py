@@ -65,6 +65,8 @@ def test_normalize_weights() -> None:
     assert normalize_weights(0.4, 0.6) == pytest.approx({"lgbm": 0.4, "torch": 0.6})
     assert normalize_weights(2, 6) == pytest.approx({"lgbm": 0.25, "torch": 0.75})
     assert normalize_weights(0, 1) == {"lgbm": 0.0, "torch": 1.0}
+    once = normalize_weights(0.4, 0.7)
+    assert normalize_weights(once["lgbm"], once["torch"]) == once  # exactly, as json round trips
 
 
 @pytest.mark.parametrize(
