@@ -13,7 +13,7 @@ def _score_line(name: str, body: dict) -> str:
     groups = body.get("per_sensor_group", {})
     by_group = ", ".join(f"{g} {v['score']:.4f}" for g, v in sorted(groups.items()))
     return (
-        f"{name:<6} score {body['score']:.4f} (binary F1 {body['binary_f1']:.4f}, "
+        f"{name:<15} score {body['score']:.4f} (binary F1 {body['binary_f1']:.4f}, "
         f"macro F1 {body['macro_f1']:.4f}){'; ' + by_group if by_group else ''}"
     )
 
@@ -27,11 +27,11 @@ def summary_lines(paths: ProjectPaths) -> list[str]:
     blend_path = paths.metrics("blend")
     if blend_path.exists():
         blend = json.loads(blend_path.read_text())
-        for key, body in blend.get("models", {}).items():
-            if key.startswith("blend"):
-                lines.append(_score_line(key, body))
-        if "weights" in blend:
-            lines.append(f"blend weights: {json.dumps(blend['weights'])}")
+        for key in ("blend_fixed", "blend_optimized"):
+            if key in blend:
+                lines.append(_score_line(key, blend[key]))
+        lines.append(_score_line("blend (used)", blend))
+        lines.append(f"blend weights: {json.dumps(blend['weights'])}")
     bundle = paths.bundle_dir / "manifest.json"
     if bundle.exists():
         lines.append(f"bundle: {bundle.parent} (cmi predict --bundle {bundle.parent} ...)")
