@@ -96,8 +96,7 @@ def repo(workdir: Path, tiny_raw_dir: Path) -> Path:
     git(root, "commit", "-qm", "project")
     shutil.copytree(tiny_raw_dir, root / "data" / "raw")
     dvc(root, "add", "data/raw")
-    # The root .gitignore already ignores data/raw, so DVC writes no data/.gitignore.
-    git(root, "add", "data/raw.dvc")
+    git(root, "add", "data/raw.dvc", "data/.gitignore")
     git(root, "commit", "-qm", "raw data tracked by DVC")
     return root
 
