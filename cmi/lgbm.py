@@ -111,7 +111,8 @@ def build_training_set(
     feature_names = [c for c in sequence_features.columns if c != "sequence_id"]
     if not feature_names:
         raise ValueError("sequence_features.parquet: no feature columns")
-    not_numeric = [c for c in feature_names if not sequence_features.schema[c].is_numeric()]
+    schema = sequence_features.schema  # built once: it is rebuilt on every .schema access
+    not_numeric = [c for c in feature_names if not schema[c].is_numeric()]
     if not_numeric:
         raise ValueError(f"sequence_features.parquet: non-numeric feature column(s) {not_numeric}")
     ids = sequence_features["sequence_id"]

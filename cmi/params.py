@@ -30,10 +30,10 @@ class CVParams:
 @dataclass(frozen=True)
 class LgbmParams:
     n_estimators: int = 1000
-    learning_rate: float = 0.05
+    learning_rate: float = 0.1
     num_leaves: int = 31
     min_child_samples: int = 10
-    feature_fraction: float = 0.5
+    feature_fraction: float = 0.25
     bagging_fraction: float = 0.8
     bagging_freq: int = 1
     lambda_l2: float = 1.0

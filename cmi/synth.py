@@ -346,7 +346,8 @@ def _demographics(ids: np.ndarray, rng: np.random.Generator) -> pl.DataFrame:
         rng.integers(10, 18, n),
     ).astype(np.int64)
     sex = (rng.random(n) < 0.62).astype(np.int64)
-    handedness = (rng.random(n) < 0.88).astype(np.int64)
+    handedness = np.ones(n, dtype=np.int64)  # exactly ~12% left-handed, at least one
+    handedness[rng.choice(n, size=max(1, round(0.12 * n)), replace=False)] = 0
     grown = np.where(adult == 1, 1.0, np.clip((age - 9) / 9, 0, 1))
     adult_height = np.where(sex == 1, 176.0, 163.0) + rng.normal(0, 7, n)
     height = np.clip(adult_height - (1 - grown) * 22 + rng.normal(0, 3, n), 130, 200)
@@ -422,7 +423,7 @@ def _subject_traits(demo: pl.DataFrame, rng: np.random.Generator) -> dict[str, n
         "skin": rng.normal(34.0, 0.7, n),
         "ambient": rng.normal(25.4, 0.8, n),
         "thm_off": rng.normal(0, 0.4, (n, 5)),
-        "tof_off": rng.normal(0, 18.0, (n, 5)),
+        "tof_off": rng.normal(0, 22.0, (n, 5)),
         "acc_bias": rng.normal(0, 0.08, (n, 3)),
     }
 
@@ -430,8 +431,8 @@ def _subject_traits(demo: pl.DataFrame, rng: np.random.Generator) -> dict[str, n
 def _lengths(scale: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """29 + a log-normal body (median ~59, p95 ~127) and a rare long tail up to 700."""
     n = len(scale)
-    body = rng.lognormal(np.log(29.0), 0.62, n) * scale
-    tail = rng.random(n) < 0.008
+    body = rng.lognormal(np.log(30.0), 0.62, n) * scale
+    tail = rng.random(n) < 0.01
     body = np.where(tail, rng.uniform(150, _MAX_LEN - _MIN_LEN, n), body)
     return np.clip(np.round(_MIN_LEN + body), _MIN_LEN, _MAX_LEN).astype(np.int64)
 
@@ -548,7 +549,8 @@ def _surfaces(seq: dict, traits: dict, rng: np.random.Generator) -> None:
     """What the ToF sensors and thermopiles see at the target and at rest."""
     g, s, n = seq["gesture"], seq["subject"], len(seq["gesture"])
     offset = traits["tof_off"][s]
-    seq["tof_target"] = _template_arrays(g, "tof_mm") + offset + rng.normal(0, 28, (n, 5))
+    tof_target = _template_arrays(g, "tof_mm") + offset + rng.normal(0, 40, (n, 5))
+    seq["tof_target"] = np.maximum(tof_target, rng.uniform(5, 30, (n, 5)))  # skin is not at 0
     seq["tof_rest"] = np.array(_REST_TOF_MM) + offset + rng.normal(0, 25, (n, 5))
     seq["warm_target"] = _template_arrays(g, "warmth")
     direction = rng.uniform(0, 2 * np.pi, (n, 5))

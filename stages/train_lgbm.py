@@ -13,6 +13,10 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+# Before lightgbm loads OpenMP: spinning worker threads cost ~9x CPU per boosting round when
+# the cores are shared (a dvc queue with -j 2, a busy CI box). Passive waiting avoids it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import polars as pl
 
 from cmi import lgbm

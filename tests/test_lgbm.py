@@ -357,8 +357,15 @@ def test_checkpoint_begin_clears_leftovers_and_prune_keeps_current(tmp_path: Pat
 
 @pytest.fixture(scope="module")
 def lgbm_project(tiny_features_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tiny_features_project copied, with the lgbm stage run once uninterrupted."""
+    """tiny_features_project copied, with the lgbm stage run once uninterrupted.
+
+    Fewer rounds than the tiny params: these tests are about files, folds and resume, and
+    every stage run in this file costs about n_folds * n_estimators * 18 trees.
+    """
     root = copy_project(tiny_features_project, tmp_path_factory.mktemp("lgbm") / "p")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["lgbm"]["n_estimators"] = 20
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run_stage("train_lgbm.py", root)
     return root
 

@@ -327,6 +327,7 @@ def test_demographics_are_plausible(files: dict) -> None:
     assert demo["shoulder_to_wrist_cm"].is_between(35, 75).all()
     assert demo["elbow_to_wrist_cm"].is_between(15, 40).all()
     assert demo["subject"].n_unique() == demo.height
+    assert 1 <= (files["train_demographics.csv"]["handedness"] == 0).sum() < demo.height / 2
 
 
 # --- determinism --------------------------------------------------------------------------------
