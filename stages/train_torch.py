@@ -25,8 +25,9 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from cmi.io import fingerprint, write_json, write_parquet, write_text, write_with
+from cmi.io import fingerprint, write_json, write_parquet, write_text
 from cmi.metrics import summarize_oof
+from cmi.nn.checkpoint import save_state_dict
 from cmi.nn.data import frame_channels
 from cmi.nn.model import architecture_kwargs
 from cmi.nn.train import (
@@ -94,7 +95,7 @@ def write_outputs(
         stale.unlink()  # a previous run with more folds must not leave extra weights behind
     for result in results:
         k = result.fold
-        write_with(out_dir / f"fold_{k}.pt", lambda tmp, r=result: torch.save(r.best_state, tmp))
+        save_state_dict(result.best_state, out_dir / f"fold_{k}.pt")
         write_json(
             {**result.scaler.to_json(), "pad_len": result.pad_len},
             out_dir / f"fold_{k}_scaler.json",

@@ -209,3 +209,20 @@ def test_pad_length_is_a_rounded_up_percentile() -> None:
     assert pad_length([10, 20, 30, 40, 100], 50) == 30
     assert pad_length([10, 11], 95) == 11
     assert pad_length([1], 95) == 1
+
+
+def test_saved_state_dict_bytes_depend_only_on_the_tensors(tmp_path) -> None:
+    # Regression: torch.save(state, path) names its archive after the (random) temp file, so
+    # the same weights hashed differently from run to run.
+    from cmi.nn.checkpoint import save_state_dict
+    from cmi.nn.model import load_state_dict_file
+
+    state = TimeSeriesNet(
+        n_channels=4, conv_channels=(8, 8), lstm_hidden=4, gru_hidden=4
+    ).state_dict()
+    first, second = tmp_path / "a" / "fold_0.pt", tmp_path / "b" / "other_name.pt"
+    save_state_dict(state, first)
+    save_state_dict(state, second)
+    assert first.read_bytes() == second.read_bytes()
+    loaded = load_state_dict_file(first)
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())

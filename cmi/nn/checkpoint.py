@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cmi.io import write_with
+
 CHECKPOINT_VERSION = 1
 LAST_NAME = "last.pt"
 DONE_NAME = "done.pt"
@@ -42,6 +44,21 @@ def save_payload(payload: dict[str, Any], path: Path) -> None:
         os.replace(tmp_name, path)
     finally:
         Path(tmp_name).unlink(missing_ok=True)
+
+
+def save_state_dict(state: dict[str, Any], path: Path) -> None:
+    """Atomically write a state_dict whose bytes depend only on the tensors.
+
+    torch.save given a path names its zip archive after the file, so writing through a random
+    temp name made identical weights hash differently (DVC saw a change, tests saw a diff).
+    Through a file handle the archive is always named "archive".
+    """
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            torch.save(state, handle)
+
+    write_with(path, write)
 
 
 def load_payload(path: Path, fingerprint: str, fold: int) -> dict[str, Any] | None:
