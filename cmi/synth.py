@@ -29,13 +29,19 @@ import numpy as np
 import polars as pl
 
 from cmi.schema import (
+    ACC_COLUMNS,
+    BEHAVIORS,
     DEMOGRAPHICS_COLUMNS,
     DEMOGRAPHICS_SCHEMA,
     GESTURES,
     ORIENTATIONS,
+    PHASES,
+    ROT_COLUMNS,
+    SEQUENCE_TYPES,
     TARGET_GESTURES,
     TEST_COLUMNS,
     TEST_SCHEMA,
+    THM_COLUMNS,
     TOF_COLUMNS,
     TRAIN_COLUMNS,
     TRAIN_SCHEMA,
@@ -747,20 +753,13 @@ def _labels(seq: dict, idx: np.ndarray, counter: np.ndarray) -> dict[str, pl.Ser
     )
     phase = (counter >= seq["n_trans"][idx]).astype(np.int64)
     return {
-        "sequence_type": _lookup(("Target", "Non-Target"), (gesture >= len(TARGET_GESTURES))),
+        "sequence_type": _lookup(SEQUENCE_TYPES, (gesture >= len(TARGET_GESTURES))),
         "orientation": _lookup(ORIENTATIONS, seq["orientation"][idx]),
-        "behavior": _lookup(_BEHAVIOR_ORDER, behavior),
-        "phase": _lookup(("Transition", "Gesture"), phase),
+        # "Hand at target location" rows are still Transition rows, as in the real data
+        "behavior": _lookup(BEHAVIORS, behavior),
+        "phase": _lookup(PHASES, phase),
         "gesture": _lookup(GESTURES, gesture),
     }
-
-
-_BEHAVIOR_ORDER = (
-    "Relaxes and moves hand to target location",
-    "Moves hand to target location",
-    "Hand at target location",  # still a Transition row, as in the real data
-    "Performs gesture",
-)
 
 
 def _lookup(values: tuple[str, ...] | list[str], codes: np.ndarray) -> pl.Series:
@@ -780,7 +779,7 @@ def _sensor_frame(seq: dict, names: dict, labelled: bool, rng) -> pl.DataFrame:
     }
     if labelled:
         columns.update(_labels(seq, idx, counter))
-    for group, cols in (("acc", ("acc_x", "acc_y", "acc_z")), ("rot", _ROT), ("thm", _THM)):
+    for group, cols in (("acc", ACC_COLUMNS), ("rot", ROT_COLUMNS), ("thm", THM_COLUMNS)):
         columns.update({c: sensors[group][:, j] for j, c in enumerate(cols)})
     columns.update({c: sensors["tof"][j] for j, c in enumerate(TOF_COLUMNS)})
     del sensors, f
@@ -791,10 +790,6 @@ def _sensor_frame(seq: dict, names: dict, labelled: bool, rng) -> pl.DataFrame:
     frame = frame.with_columns(row_id.alias("row_id"))
     schema = TRAIN_SCHEMA if labelled else TEST_SCHEMA
     return frame.select(TRAIN_COLUMNS if labelled else TEST_COLUMNS).cast(schema)
-
-
-_ROT = ("rot_w", "rot_x", "rot_y", "rot_z")
-_THM = tuple(f"thm_{i}" for i in range(1, 6))
 
 
 def _dataset(
