@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from cmi.features import quaternion_multiply
 from cmi.schema import (
     ACC_COLUMNS,
     BEHAVIORS,
@@ -247,20 +248,6 @@ _LEFT_SENSOR_ORDER = np.array([0, 1, 4, 3, 2])  # the mirrored device swaps sens
 # ---------------------------------------------------------------------------------------------
 # Quaternions (w, x, y, z), vectorised over leading axes
 # ---------------------------------------------------------------------------------------------
-
-
-def _qmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    aw, ax, ay, az = np.moveaxis(a, -1, 0)
-    bw, bx, by, bz = np.moveaxis(b, -1, 0)
-    return np.stack(
-        [
-            aw * bw - ax * bx - ay * by - az * bz,
-            aw * bx + ax * bw + ay * bz - az * by,
-            aw * by - ax * bz + ay * bw + az * bx,
-            aw * bz + ax * by - ay * bx + az * bw,
-        ],
-        axis=-1,
-    )
 
 
 def _qconj(q: np.ndarray) -> np.ndarray:
@@ -487,7 +474,9 @@ def _targets(seq: dict, traits: dict, rng: np.random.Generator) -> None:
     index = np.array([list(_TEMPLATES).index(GESTURES[i]) for i in g])
     jitter = traits["aim"][s] + traits["gesture_aim"][s, g] + rng.normal(0, 0.06, (n, 3))
     posture = np.array([_POSTURE_ROTVEC[o] for o in seq["orientation"]], dtype=float)
-    q_target = _qmul(_qexp(jitter), _qmul(_qexp(posture), base_q[index]))
+    q_target = quaternion_multiply(
+        _qexp(jitter), quaternion_multiply(_qexp(posture), base_q[index])
+    )
     forearm = _rotate(q_target, np.tile([1.0, 0.0, 0.0], (n, 1)))
     seq["r_target"] = touch - 0.16 * size * forearm  # the device sits ~16 cm from the fingers
     seq["q_target"] = q_target
@@ -500,7 +489,7 @@ def _rest_and_start(seq: dict, traits: dict, rng: np.random.Generator) -> None:
     size = traits["size"][s][:, None]
     rest_pos = np.array([_REST[i][0] for i in o]) * size + rng.normal(0, 0.03, (n, 3))
     rest_q = np.array([_quat_from_axes(_REST[i][1], _REST[i][2]) for i in range(4)])[o]
-    rest_q = _qmul(_qexp(rng.normal(0, 0.3, (n, 3))), rest_q)
+    rest_q = quaternion_multiply(_qexp(rng.normal(0, 0.3, (n, 3))), rest_q)
     head_start = np.where(seq["relaxed"], 0.0, rng.uniform(0.15, 0.35, n))[:, None]
     seq["r_rest"] = rest_pos
     seq["r_start"] = rest_pos + head_start * (seq["r_target"] - rest_pos)
@@ -510,7 +499,7 @@ def _rest_and_start(seq: dict, traits: dict, rng: np.random.Generator) -> None:
 
 
 def _slerp(q0: np.ndarray, q1: np.ndarray, s: np.ndarray) -> np.ndarray:
-    return _qmul(q0, _qexp(s[:, None] * _qlog(_qmul(_qconj(q0), q1))))
+    return quaternion_multiply(q0, _qexp(s[:, None] * _qlog(quaternion_multiply(_qconj(q0), q1))))
 
 
 def _oscillation(seq: dict, traits: dict, styles: list[_Style], rng: np.random.Generator) -> None:
@@ -541,7 +530,7 @@ def _pose(seq: dict, traits: dict, rng: np.random.Generator) -> None:
     """Body orientation in the world, a heading that differs per subject, and the mounting."""
     o, s, n = seq["orientation"], seq["subject"], len(seq["orientation"])
     base = _qexp(np.array([_POSE_ROTVEC[i] for i in o], dtype=float))
-    q_pose = _qmul(_qexp(traits["pose"][s, o] + rng.normal(0, 0.05, (n, 3))), base)
+    q_pose = quaternion_multiply(_qexp(traits["pose"][s, o] + rng.normal(0, 0.05, (n, 3))), base)
     yaw = traits["yaw"][s, o] + rng.normal(0, 0.25, n)
     seq["q_pose"] = q_pose
     seq["q_yaw"] = _qexp(np.column_stack([np.zeros(n), np.zeros(n), yaw]))
@@ -606,7 +595,9 @@ def _hand_rotation(t: np.ndarray, f: dict) -> tuple[np.ndarray, np.ndarray]:
     reach = _slerp(f["q_start"], f["q_target"], s)
     wave = np.sin(2 * np.pi * f["freq"][:, :1] * t[:, None] + f["rot_phase"])
     rot_osc = _envelope(t, f) * f["rot_amp"] * (f["rot_dc"] + wave)
-    q_dev = _qmul(_qmul(reach, _qexp(rot_osc + _sines(t, f, "rot_sway"))), f["q_mount"])
+    q_dev = quaternion_multiply(
+        quaternion_multiply(reach, _qexp(rot_osc + _sines(t, f, "rot_sway"))), f["q_mount"]
+    )
     return q_dev, rot_osc
 
 
@@ -619,8 +610,8 @@ def _imu(t: np.ndarray, f: dict, rng: np.random.Generator) -> tuple[np.ndarray, 
     q_dev, rot_osc = _hand_rotation(t, f)
     acc = _rotate_inv(q_dev, lin + f["g_body"]) + f["acc_bias"]
     acc += rng.normal(0, 0.12, acc.shape)
-    quat = _qmul(_qmul(f["q_yaw"], f["q_pose"]), q_dev)
-    quat = _qmul(quat, _qexp(rng.normal(0, 0.004, (len(t), 3))))
+    quat = quaternion_multiply(quaternion_multiply(f["q_yaw"], f["q_pose"]), q_dev)
+    quat = quaternion_multiply(quat, _qexp(rng.normal(0, 0.004, (len(t), 3))))
     quat = np.where(quat[:, :1] < 0, -quat, quat)  # the real files keep w >= 0
     left = f["left"]
     acc[left, 0] *= -1  # mirror image of a right-handed wearer
