@@ -12,6 +12,10 @@ from typing import Any
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# The real competition sample lives beside the project (../shared/); CMI_REAL_SAMPLE overrides.
+REAL_SAMPLE = Path(
+    os.environ.get("CMI_REAL_SAMPLE", REPO_ROOT.parent / "shared" / "cmi-real-sample")
+)
 STAGES_DIR = REPO_ROOT / "stages"
 
 # The real params.yaml shrunk for tiny data: same keys, small models, few epochs.

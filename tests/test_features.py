@@ -3,11 +3,10 @@ parity check that one sequence through the inference path gives the batch's feat
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import polars as pl
 import pytest
+from pipeline_helpers import REAL_SAMPLE
 from scipy.spatial.transform import Rotation
 
 from cmi.features import (
@@ -37,7 +36,6 @@ from cmi.schema import (
     TRAIN_SCHEMA,
 )
 
-REAL_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "cmi-real-sample"
 PARAMS = ExtractParams(sampling_rate_hz=10.0, n_segments=3, tof_regions=True)
 MODALITY_COLUMNS = (*THM_COLUMNS, *TOF_COLUMNS)
 

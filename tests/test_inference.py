@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from pipeline_helpers import REAL_SAMPLE
 from test_bundle import build_fake_bundle
 
 from cmi import inference
@@ -17,7 +18,6 @@ from cmi.bundle import BundleError
 from cmi.features import compute_features, prepare_sensor_frame
 from cmi.schema import GESTURES, N_CLASSES, ROT_COLUMNS, SENSOR_COLUMNS, THM_COLUMNS, TOF_COLUMNS
 
-REAL_SAMPLE = Path("/work/shared/cmi-real-sample")
 ENV_VARS = (
     "MODEL_PATH",
     "TORCH_BUNDLE_PATH",

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from pipeline_helpers import REAL_SAMPLE
 
 from cmi.cli import main
 from cmi.schema import (
@@ -21,8 +22,6 @@ from cmi.schema import (
     SchemaError,
     read_raw_dir,
 )
-
-REAL_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "cmi-real-sample"
 
 
 @pytest.fixture(scope="module")

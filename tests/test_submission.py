@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from pipeline_helpers import REAL_SAMPLE
 from test_bundle import build_fake_bundle
 
 from cmi import inference
@@ -23,7 +24,6 @@ from cmi.schema import GESTURES
 from cmi.submission import gateway_batches, package_submission, predict_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-REAL_SAMPLE = Path("/work/shared/cmi-real-sample")
 NOTEBOOK = REPO_ROOT / "kaggle" / "submission_notebook.py"
 ENV_VARS = (
     "MODEL_PATH",

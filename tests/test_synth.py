@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from pipeline_helpers import REAL_SAMPLE
 
 from cmi.schema import (
     DEMOGRAPHICS_SCHEMA,
@@ -21,7 +22,7 @@ from cmi.schema import (
 )
 from cmi.synth import PRESETS, generate, write_synthetic
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "cmi-real-sample"
+REAL = REAL_SAMPLE
 REAL_FILES = {
     "train.csv": "train_sample.csv",
     "train_demographics.csv": "train_demographics.csv",
