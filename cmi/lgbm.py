@@ -19,6 +19,7 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 import polars as pl
+from tqdm.auto import tqdm
 
 from cmi.checkpoint import CheckpointError, CheckpointStore, write_text_file
 from cmi.features import is_modality_channel
@@ -327,7 +328,8 @@ def run_cv(
 ) -> list[FoldResult]:
     """Train (or reuse from ``store``) one model per fold, in fold order."""
     results = []
-    for fold in range(data.n_folds):
+    # A bar only on a terminal (disable=None): logs and tests see just the fold lines.
+    for fold in tqdm(range(data.n_folds), desc="lgbm folds", unit="fold", disable=None):
         unit = _fold_unit(fold)
         result = None
         if store is not None and store.is_done(unit):

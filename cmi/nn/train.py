@@ -24,6 +24,7 @@ import polars as pl
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from cmi.metrics import competition_score
 from cmi.nn import checkpoint as ckpt
@@ -431,7 +432,17 @@ def train_fold(
         torch.from_numpy(inputs.mask_train),
         torch.from_numpy(inputs.y_train),
     )
-    for epoch in range(run.state.epoch, params.epochs):
+    # A bar only on a terminal (disable=None): logs and tests see just the epoch lines.
+    epochs = tqdm(
+        range(run.state.epoch, params.epochs),
+        desc=f"torch fold {fold}",
+        initial=run.state.epoch,
+        total=params.epochs,
+        unit="epoch",
+        disable=None if dist.is_main else True,
+        leave=False,
+    )
+    for epoch in epochs:
         started = time.perf_counter()
         train_loss = train_epoch(
             run, trained, inputs, tensors, params, epoch, device, dist, on_batch
