@@ -236,21 +236,16 @@ class Predictor:
         """(n_folds, 18): each Torch fold model on the sequence, with that fold's scaler."""
         if not self._torch_folds:
             raise TorchUnavailableError(self.torch_problem or "the bundle has no Torch part")
-        from cmi.nn.data import to_padded
+        from cmi.nn.data import frame_matrix, pad_frames
         from cmi.nn.predict import predict_proba
 
         assert self.torch_part is not None
         part = self.torch_part
+        matrix = frame_matrix(features.frame_features, part.channels)  # once, not per fold
         rows = []
         with _single_torch_thread():
             for item in self._torch_folds:
-                x, mask, _ = to_padded(
-                    features.frame_features,
-                    part.channels,
-                    item.scaler,
-                    item.fold.pad_len,
-                    part.keep,
-                )
+                x, mask = pad_frames(matrix, item.scaler, item.fold.pad_len, part.keep)
                 model = item.model if item.model is not None else self._make_model(item.fold)
                 rows.append(predict_proba(model, x, mask)[0])
         return np.vstack(rows)

@@ -113,6 +113,59 @@ def sequence_lengths(frame_features: pl.DataFrame) -> pl.DataFrame:
     return frame_features.group_by("sequence_id", maintain_order=True).len(name="length")
 
 
+@dataclass(frozen=True)
+class FrameMatrix:
+    """The raw channel values of a frame table, once, before any fold's scaler is applied.
+
+    Inference runs several folds on one sequence: the polars work (sort, lengths, select) is
+    done here once and ``pad_frames`` does the per-fold numpy part.
+    """
+
+    values: np.ndarray  # (rows, C) float64, rows grouped by sequence in id order
+    lengths: np.ndarray  # (N,) frames per sequence
+    ids: list[str]
+    channels: tuple[str, ...]
+
+
+def frame_matrix(frame_features: pl.DataFrame, channels: Sequence[str]) -> FrameMatrix:
+    _check_columns(frame_features, channels, "frame_features")
+    frame = frame_features.sort(ID_COLUMNS, maintain_order=True)
+    counts = sequence_lengths(frame)
+    values = frame.select(pl.col(c).cast(pl.Float64) for c in channels).to_numpy()
+    return FrameMatrix(
+        values=values,
+        lengths=counts["length"].to_numpy(),
+        ids=counts["sequence_id"].cast(pl.Utf8).to_list(),
+        channels=tuple(channels),
+    )
+
+
+def pad_frames(
+    matrix: FrameMatrix, scaler: Scaler, pad_len: int, keep: Literal["end", "start"] | str = "end"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Standardize with ``scaler``, fill nulls with FILL_VALUE, pad/truncate to ``pad_len``."""
+    if keep not in KEEP_MODES:
+        raise ValueError(f"keep must be one of {KEEP_MODES}, got {keep!r}")
+    if pad_len < 1:
+        raise ValueError(f"pad_len must be >= 1, got {pad_len}")
+    if matrix.channels != scaler.channels:
+        raise ValueError("to_padded: channels differ from the scaler's channels")
+    values = scaler.transform(matrix.values)
+    lengths = matrix.lengths
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    x = np.full((len(lengths), pad_len, len(matrix.channels)), FILL_VALUE, dtype=np.float32)
+    mask = np.zeros((len(lengths), pad_len), dtype=bool)
+    for i, (start, length) in enumerate(zip(starts, lengths, strict=True)):
+        n = min(int(length), pad_len)
+        if keep == "end":
+            x[i, pad_len - n :] = values[start + length - n : start + length]
+            mask[i, pad_len - n :] = True
+        else:
+            x[i, :n] = values[start : start + n]
+            mask[i, :n] = True
+    return x, mask
+
+
 def to_padded(
     frame_features: pl.DataFrame,
     channels: Sequence[str],
@@ -126,28 +179,8 @@ def to_padded(
     start; keep='start' keeps the first frames and pads at the end. Returns x (N, T, C)
     float32, mask (N, T) bool (True = real frame) and the sequence ids, sorted.
     """
-    if keep not in KEEP_MODES:
-        raise ValueError(f"keep must be one of {KEEP_MODES}, got {keep!r}")
-    if pad_len < 1:
-        raise ValueError(f"pad_len must be >= 1, got {pad_len}")
     if tuple(channels) != scaler.channels:
         raise ValueError("to_padded: channels differ from the scaler's channels")
-    _check_columns(frame_features, channels, "frame_features")
-    frame = frame_features.sort(ID_COLUMNS, maintain_order=True)
-    counts = sequence_lengths(frame)
-    ids = counts["sequence_id"].cast(pl.Utf8).to_list()
-    lengths = counts["length"].to_numpy()
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    values = scaler.transform(frame.select(pl.col(c).cast(pl.Float64) for c in channels).to_numpy())
-
-    x = np.full((len(ids), pad_len, len(channels)), FILL_VALUE, dtype=np.float32)
-    mask = np.zeros((len(ids), pad_len), dtype=bool)
-    for i, (start, length) in enumerate(zip(starts, lengths, strict=True)):
-        n = min(int(length), pad_len)
-        if keep == "end":
-            x[i, pad_len - n :] = values[start + length - n : start + length]
-            mask[i, pad_len - n :] = True
-        else:
-            x[i, :n] = values[start : start + n]
-            mask[i, :n] = True
-    return x, mask, ids
+    matrix = frame_matrix(frame_features, channels)
+    x, mask = pad_frames(matrix, scaler, pad_len, keep)
+    return x, mask, matrix.ids

@@ -22,7 +22,8 @@ def predict_proba(
     if x.ndim != 3 or mask.shape != x.shape[:2]:
         raise ValueError(f"predict_proba: x {x.shape} and mask {mask.shape} do not match")
     was_training = model.training
-    model.eval()
+    if was_training:  # eval() walks every module: skip it for a model already in eval mode
+        model.eval()
     device = next(model.parameters()).device
     chunks = []
     try:
@@ -32,7 +33,8 @@ def predict_proba(
             logits = model(xb, mb).double()
             chunks.append(torch.softmax(logits, dim=1).cpu().numpy())
     finally:
-        model.train(was_training)
+        if was_training:
+            model.train()
     if not chunks:
         return np.zeros((0, _n_classes(model)), dtype=np.float64)
     proba = np.concatenate(chunks)
