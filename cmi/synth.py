@@ -20,8 +20,6 @@ ToF/thermopile sensors 3 and 5 swap). Everything is vectorised over all frames a
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +27,7 @@ import numpy as np
 import polars as pl
 
 from cmi.features import quaternion_multiply
+from cmi.io import write_with
 from cmi.schema import (
     ACC_COLUMNS,
     BEHAVIORS,
@@ -850,18 +849,6 @@ def write_synthetic(preset: str, out_dir: Path, seed: int = 0) -> dict[str, Path
     frames = generate(preset, seed)
     written = {}
     for name in FILE_NAMES:
-        written[name] = _write_csv_atomic(frames.pop(name), out_dir / name)
+        # Atomic: readers (and a killed `make repro`) never see half a file.
+        written[name] = write_with(out_dir / name, frames.pop(name).write_csv)
     return written
-
-
-def _write_csv_atomic(frame: pl.DataFrame, target: Path) -> Path:
-    """Write to a temp file beside ``target`` and rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        frame.write_csv(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target

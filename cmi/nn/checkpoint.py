@@ -9,9 +9,7 @@ that does not load, is reported and ignored, never used.
 from __future__ import annotations
 
 import logging
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,18 +30,8 @@ def fold_dir(checkpoint_root: Path, fingerprint: str, fold: int) -> Path:
 
 
 def save_payload(payload: dict[str, Any], path: Path) -> None:
-    """torch.save to a temp file beside ``path``, fsync, then os.replace (timm-style)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
+    """Atomically torch.save ``payload`` (temp file, fsync, os.replace: timm-style)."""
+    _save_through_handle(payload, path)
 
 
 def save_state_dict(state: dict[str, Any], path: Path) -> None:
@@ -54,9 +42,13 @@ def save_state_dict(state: dict[str, Any], path: Path) -> None:
     Through a file handle the archive is always named "archive".
     """
 
+    _save_through_handle(state, path)
+
+
+def _save_through_handle(obj: dict[str, Any], path: Path) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
-            torch.save(state, handle)
+            torch.save(obj, handle)
 
     write_with(path, write)
 
