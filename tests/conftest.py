@@ -9,7 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pipeline_helpers import make_project, run_stage
+from pipeline_helpers import REAL_SAMPLE, make_project, run_stage
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # Modules marked real_sample read ../shared/cmi-real-sample; without it they skip, loudly.
+    if item.get_closest_marker("real_sample") and not REAL_SAMPLE.is_dir():
+        pytest.skip(f"real competition sample not found at {REAL_SAMPLE} (set CMI_REAL_SAMPLE)")
 
 
 @pytest.fixture(scope="session")

@@ -12,10 +12,20 @@ from typing import Any
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# The real competition sample lives beside the project (../shared/); CMI_REAL_SAMPLE overrides.
-REAL_SAMPLE = Path(
-    os.environ.get("CMI_REAL_SAMPLE", REPO_ROOT.parent / "shared" / "cmi-real-sample")
-)
+
+
+def _find_real_sample() -> Path:
+    """The real competition sample: $CMI_REAL_SAMPLE, else ../shared/ beside the project."""
+    candidates = [
+        os.environ.get("CMI_REAL_SAMPLE"),
+        REPO_ROOT.parent / "shared" / "cmi-real-sample",
+        Path("/work/shared/cmi-real-sample"),  # the team's workspace, for clones made elsewhere
+    ]
+    found = [Path(c) for c in candidates if c and Path(c).is_dir()]
+    return found[0] if found else REPO_ROOT.parent / "shared" / "cmi-real-sample"
+
+
+REAL_SAMPLE = _find_real_sample()
 STAGES_DIR = REPO_ROOT / "stages"
 
 # The real params.yaml shrunk for tiny data: same keys, small models, few epochs.

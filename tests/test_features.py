@@ -36,6 +36,8 @@ from cmi.schema import (
     TRAIN_SCHEMA,
 )
 
+pytestmark = pytest.mark.real_sample
+
 PARAMS = ExtractParams(sampling_rate_hz=10.0, n_segments=3, tof_regions=True)
 MODALITY_COLUMNS = (*THM_COLUMNS, *TOF_COLUMNS)
 

@@ -18,6 +18,8 @@ from cmi.bundle import BundleError
 from cmi.features import compute_features, prepare_sensor_frame
 from cmi.schema import GESTURES, N_CLASSES, ROT_COLUMNS, SENSOR_COLUMNS, THM_COLUMNS, TOF_COLUMNS
 
+pytestmark = pytest.mark.real_sample
+
 ENV_VARS = (
     "MODEL_PATH",
     "TORCH_BUNDLE_PATH",

@@ -23,6 +23,8 @@ from cmi.cli import main as cli_main
 from cmi.schema import GESTURES
 from cmi.submission import gateway_batches, package_submission, predict_file
 
+pytestmark = pytest.mark.real_sample
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO_ROOT / "kaggle" / "submission_notebook.py"
 ENV_VARS = (

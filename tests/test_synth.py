@@ -22,6 +22,8 @@ from cmi.schema import (
 )
 from cmi.synth import PRESETS, generate, write_synthetic
 
+pytestmark = pytest.mark.real_sample
+
 REAL = REAL_SAMPLE
 REAL_FILES = {
     "train.csv": "train_sample.csv",
