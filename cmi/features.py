@@ -43,6 +43,7 @@ from functools import lru_cache
 import numpy as np
 import polars as pl
 
+from cmi import rotation
 from cmi.params import ExtractParams
 from cmi.schema import (
     ACC_COLUMNS,
@@ -54,7 +55,6 @@ from cmi.schema import (
     THM_COLUMNS,
 )
 
-GRAVITY = 9.81  # m/s^2, world frame z axis
 # ToF valid distances are 0..249; a frame whose pixels are all -1 ("no reflection") saw
 # nothing within range, so its nearest/mean valid distance is set just beyond the range.
 TOF_NO_REFLECTION = 255.0
@@ -383,67 +383,6 @@ def _fill_gaps(values: np.ndarray, valid: np.ndarray, groups: _Groups) -> np.nda
     return filled
 
 
-# ----------------------------------------------------------------------------- quaternions
-
-
-def quaternion_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamilton product of (..., 4) arrays in (w, x, y, z) order."""
-    aw, ax, ay, az = np.moveaxis(a, -1, 0)
-    bw, bx, by, bz = np.moveaxis(b, -1, 0)
-    return np.stack(
-        [
-            aw * bw - ax * bx - ay * by - az * bz,
-            aw * bx + ax * bw + ay * bz - az * by,
-            aw * by - ax * bz + ay * bw + az * bx,
-            aw * bz + ax * by - ay * bx + az * bw,
-        ],
-        axis=-1,
-    )
-
-
-def canonical_quaternions(quat: np.ndarray) -> np.ndarray:
-    """Unit quaternions with w >= 0.
-
-    q and -q are the same orientation and the device may report either; without a canonical
-    sign the rot_* channels jump between two values for one pose, which a tree split or a
-    convolution would read as motion. Forcing w >= 0 picks one representative per pose.
-    """
-    norm = np.linalg.norm(quat, axis=-1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        unit = quat / norm
-    return np.where(unit[..., :1] < 0, -unit, unit)
-
-
-def gravity_in_device_frame(quat: np.ndarray) -> np.ndarray:
-    """R(q)^T [0, 0, g] for unit (w, x, y, z) quaternions mapping device -> world; (..., 3)."""
-    w, x, y, z = np.moveaxis(quat, -1, 0)
-    # Third row of the rotation matrix of q, i.e. the world z axis seen from the device.
-    return GRAVITY * np.stack(
-        [2.0 * (x * z - w * y), 2.0 * (y * z + w * x), 1.0 - 2.0 * (x * x + y * y)], axis=-1
-    )
-
-
-def relative_rotation_vectors(q_from: np.ndarray, q_to: np.ndarray) -> np.ndarray:
-    """Rotation vector (axis * angle, rad, device frame of q_from) taking q_from to q_to.
-
-    dq = q_from^-1 * q_to; dq and -dq are the same rotation, so dq is flipped to w >= 0,
-    which picks the short way round and makes the result independent of the signs of the
-    two inputs.
-    """
-    conj = q_from * np.array([1.0, -1.0, -1.0, -1.0])
-    dq = quaternion_multiply(conj, q_to)
-    dq = np.where(dq[..., :1] < 0, -dq, dq)
-    vec = dq[..., 1:]
-    sin_half = np.linalg.norm(vec, axis=-1, keepdims=True)
-    cos_half = np.clip(dq[..., :1], 0.0, None)
-    angle = 2.0 * np.arctan2(sin_half, cos_half)
-    # angle / sin_half -> 2 / cos_half as the rotation vanishes (no 0/0).
-    tiny = sin_half < 1e-12
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = np.where(tiny, 2.0 / np.maximum(cos_half, 1e-12), angle / sin_half)
-    return vec * ratio
-
-
 def angular_velocity(quat: np.ndarray, groups: _Groups, sampling_rate_hz: float) -> np.ndarray:
     """(R, 3) rad/s from each frame to the next of the same sequence.
 
@@ -452,7 +391,7 @@ def angular_velocity(quat: np.ndarray, groups: _Groups, sampling_rate_hz: float)
     """
     omega = np.zeros((quat.shape[0], 3))
     if quat.shape[0] > 1:
-        omega[:-1] = relative_rotation_vectors(quat[:-1], quat[1:]) * sampling_rate_hz
+        omega[:-1] = rotation.relative_rotation_vectors(quat[:-1], quat[1:]) * sampling_rate_hz
     _hold_edge(omega, groups.ends - 1, -1, groups.counts)
     return omega
 
@@ -490,9 +429,9 @@ def _imu_channels(
     rot = _fill_within_groups(rot_raw, np.repeat(rot_ok[:, None], 4, axis=1), groups)
     no_rot = ~np.isfinite(rot).all(axis=1)
     rot[no_rot] = (1.0, 0.0, 0.0, 0.0)
-    rot = canonical_quaternions(rot)
+    rot = rotation.canonical(rot)
 
-    linear = acc - gravity_in_device_frame(rot)
+    linear = acc - rotation.gravity_in_device_frame(rot)
     seq_has_rot = np.logical_or.reduceat(rot_ok, groups.starts)
     without = ~groups.per_row(seq_has_rot)
     if without.any():

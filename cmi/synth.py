@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from cmi.features import quaternion_multiply
+from cmi import rotation as rot
 from cmi.io import write_with
 from cmi.schema import (
     ACC_COLUMNS,
@@ -48,7 +48,7 @@ from cmi.schema import (
 )
 
 FS_HZ = 10.0  # sampling rate of the simulated device; the real one is undocumented
-GRAVITY = 9.81
+GRAVITY = rot.GRAVITY
 FILE_NAMES = ("train.csv", "train_demographics.csv", "test.csv", "test_demographics.csv")
 _ID_SPACE = 65536  # real sequence and subject numbers look drawn from 0..65535
 _MIN_LEN, _MAX_LEN = 29, 700
@@ -249,68 +249,13 @@ _LEFT_SENSOR_ORDER = np.array([0, 1, 4, 3, 2])  # the mirrored device swaps sens
 # ---------------------------------------------------------------------------------------------
 
 
-def _qconj(q: np.ndarray) -> np.ndarray:
-    return q * np.array([1.0, -1.0, -1.0, -1.0])
-
-
-def _qexp(rotvec: np.ndarray) -> np.ndarray:
-    """Rotation vector (axis * angle) -> unit quaternion."""
-    angle = np.linalg.norm(rotvec, axis=-1, keepdims=True)
-    # sin(a/2)/a without a division by zero: 0.5 * sinc(a / 2pi)
-    scale = 0.5 * np.sinc(angle / (2 * np.pi))
-    return np.concatenate([np.cos(angle / 2), rotvec * scale], axis=-1)
-
-
-def _qlog(q: np.ndarray) -> np.ndarray:
-    """Unit quaternion -> rotation vector of the shorter rotation."""
-    q = np.where(q[..., :1] < 0, -q, q)
-    vec_norm = np.linalg.norm(q[..., 1:], axis=-1, keepdims=True)
-    angle = 2 * np.arctan2(vec_norm, q[..., :1])
-    return q[..., 1:] * np.where(vec_norm > 1e-12, angle / np.maximum(vec_norm, 1e-12), 2.0)
-
-
-def _rotate_inv(q: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """R(q)^T v: a world (or body) vector expressed in the rotated frame."""
-    u = -q[..., 1:]
-    t = 2 * np.cross(u, v)
-    return v + q[..., :1] * t + np.cross(u, t)
-
-
 def _quat_from_axes(forearm: tuple, face: tuple) -> np.ndarray:
     """Device orientation whose x is the forearm and whose z is (close to) the watch face."""
     x = np.asarray(forearm, float)
     x /= np.linalg.norm(x)
     z = np.asarray(face, float) - np.dot(face, x) * x
     z /= np.linalg.norm(z)
-    return _quat_from_matrix(np.column_stack([x, np.cross(z, x), z]))
-
-
-def _quat_from_matrix(m: np.ndarray) -> np.ndarray:
-    """Shepperd's method: divide by the largest of the four candidate components."""
-    w2, x2, y2, z2 = (
-        1 + m[0, 0] + m[1, 1] + m[2, 2],
-        1 + m[0, 0] - m[1, 1] - m[2, 2],
-        1 - m[0, 0] + m[1, 1] - m[2, 2],
-        1 - m[0, 0] - m[1, 1] + m[2, 2],
-    )
-    big = int(np.argmax([w2, x2, y2, z2]))
-    r = np.sqrt(max([w2, x2, y2, z2][big], 1e-12)) / 2
-    d = 4 * r
-    if big == 0:
-        q = [r, (m[2, 1] - m[1, 2]) / d, (m[0, 2] - m[2, 0]) / d, (m[1, 0] - m[0, 1]) / d]
-    elif big == 1:
-        q = [(m[2, 1] - m[1, 2]) / d, r, (m[0, 1] + m[1, 0]) / d, (m[0, 2] + m[2, 0]) / d]
-    elif big == 2:
-        q = [(m[0, 2] - m[2, 0]) / d, (m[0, 1] + m[1, 0]) / d, r, (m[1, 2] + m[2, 1]) / d]
-    else:
-        q = [(m[1, 0] - m[0, 1]) / d, (m[0, 2] + m[2, 0]) / d, (m[1, 2] + m[2, 1]) / d, r]
-    q = np.array(q)
-    return q if q[0] >= 0 else -q
-
-
-def _rotate(q: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """R(q) v: a device-frame vector expressed in the parent frame."""
-    return _rotate_inv(_qconj(q), v)
+    return rot.from_matrix(np.column_stack([x, np.cross(z, x), z]))
 
 
 def _surface_basis(normal: tuple) -> np.ndarray:
@@ -473,10 +418,11 @@ def _targets(seq: dict, traits: dict, rng: np.random.Generator) -> None:
     index = np.array([list(_TEMPLATES).index(GESTURES[i]) for i in g])
     jitter = traits["aim"][s] + traits["gesture_aim"][s, g] + rng.normal(0, 0.06, (n, 3))
     posture = np.array([_POSTURE_ROTVEC[o] for o in seq["orientation"]], dtype=float)
-    q_target = quaternion_multiply(
-        _qexp(jitter), quaternion_multiply(_qexp(posture), base_q[index])
+    q_target = rot.multiply(
+        rot.from_rotation_vector(jitter),
+        rot.multiply(rot.from_rotation_vector(posture), base_q[index]),
     )
-    forearm = _rotate(q_target, np.tile([1.0, 0.0, 0.0], (n, 1)))
+    forearm = rot.rotate(q_target, np.tile([1.0, 0.0, 0.0], (n, 1)))
     seq["r_target"] = touch - 0.16 * size * forearm  # the device sits ~16 cm from the fingers
     seq["q_target"] = q_target
     seq["basis"] = np.array([_surface_basis(_TEMPLATES[name].normal) for name in GESTURES])[g]
@@ -488,17 +434,13 @@ def _rest_and_start(seq: dict, traits: dict, rng: np.random.Generator) -> None:
     size = traits["size"][s][:, None]
     rest_pos = np.array([_REST[i][0] for i in o]) * size + rng.normal(0, 0.03, (n, 3))
     rest_q = np.array([_quat_from_axes(_REST[i][1], _REST[i][2]) for i in range(4)])[o]
-    rest_q = quaternion_multiply(_qexp(rng.normal(0, 0.3, (n, 3))), rest_q)
+    rest_q = rot.multiply(rot.from_rotation_vector(rng.normal(0, 0.3, (n, 3))), rest_q)
     head_start = np.where(seq["relaxed"], 0.0, rng.uniform(0.15, 0.35, n))[:, None]
     seq["r_rest"] = rest_pos
     seq["r_start"] = rest_pos + head_start * (seq["r_target"] - rest_pos)
-    seq["q_start"] = _slerp(rest_q, seq["q_target"], head_start[:, 0])
+    seq["q_start"] = rot.slerp(rest_q, seq["q_target"], head_start[:, 0])
     lift = np.array([0.4, 0.0, 1.0]) / np.linalg.norm([0.4, 0.0, 1.0])
     seq["arc"] = rng.uniform(0.02, 0.10, (n, 1)) * (1 - head_start) * lift
-
-
-def _slerp(q0: np.ndarray, q1: np.ndarray, s: np.ndarray) -> np.ndarray:
-    return quaternion_multiply(q0, _qexp(s[:, None] * _qlog(quaternion_multiply(_qconj(q0), q1))))
 
 
 def _oscillation(seq: dict, traits: dict, styles: list[_Style], rng: np.random.Generator) -> None:
@@ -528,13 +470,15 @@ def _oscillation(seq: dict, traits: dict, styles: list[_Style], rng: np.random.G
 def _pose(seq: dict, traits: dict, rng: np.random.Generator) -> None:
     """Body orientation in the world, a heading that differs per subject, and the mounting."""
     o, s, n = seq["orientation"], seq["subject"], len(seq["orientation"])
-    base = _qexp(np.array([_POSE_ROTVEC[i] for i in o], dtype=float))
-    q_pose = quaternion_multiply(_qexp(traits["pose"][s, o] + rng.normal(0, 0.05, (n, 3))), base)
+    base = rot.from_rotation_vector(np.array([_POSE_ROTVEC[i] for i in o], dtype=float))
+    q_pose = rot.multiply(
+        rot.from_rotation_vector(traits["pose"][s, o] + rng.normal(0, 0.05, (n, 3))), base
+    )
     yaw = traits["yaw"][s, o] + rng.normal(0, 0.25, n)
     seq["q_pose"] = q_pose
-    seq["q_yaw"] = _qexp(np.column_stack([np.zeros(n), np.zeros(n), yaw]))
-    seq["g_body"] = GRAVITY * _rotate_inv(q_pose, np.tile([0.0, 0.0, 1.0], (n, 1)))
-    seq["q_mount"] = _qexp(traits["mount"][s])
+    seq["q_yaw"] = rot.from_rotation_vector(np.column_stack([np.zeros(n), np.zeros(n), yaw]))
+    seq["g_body"] = GRAVITY * rot.rotate_inverse(q_pose, np.tile([0.0, 0.0, 1.0], (n, 1)))
+    seq["q_mount"] = rot.from_rotation_vector(traits["mount"][s])
     seq["acc_bias"] = traits["acc_bias"][s]
     seq["left"] = traits["left"][s]
 
@@ -591,11 +535,12 @@ def _position(t: np.ndarray, f: dict) -> np.ndarray:
 def _hand_rotation(t: np.ndarray, f: dict) -> tuple[np.ndarray, np.ndarray]:
     """Device orientation in the body frame, and the gesture's rotation vector (device axes)."""
     s = _minjerk((t - f["t0"]) / (f["t1"] - f["t0"]))
-    reach = _slerp(f["q_start"], f["q_target"], s)
+    reach = rot.slerp(f["q_start"], f["q_target"], s)
     wave = np.sin(2 * np.pi * f["freq"][:, :1] * t[:, None] + f["rot_phase"])
     rot_osc = _envelope(t, f) * f["rot_amp"] * (f["rot_dc"] + wave)
-    q_dev = quaternion_multiply(
-        quaternion_multiply(reach, _qexp(rot_osc + _sines(t, f, "rot_sway"))), f["q_mount"]
+    q_dev = rot.multiply(
+        rot.multiply(reach, rot.from_rotation_vector(rot_osc + _sines(t, f, "rot_sway"))),
+        f["q_mount"],
     )
     return q_dev, rot_osc
 
@@ -607,10 +552,10 @@ def _imu(t: np.ndarray, f: dict, rng: np.random.Generator) -> tuple[np.ndarray, 
     pos = _position(t, f)
     lin = (_position(t + h, f) - 2 * pos + _position(t - h, f)) / h**2
     q_dev, rot_osc = _hand_rotation(t, f)
-    acc = _rotate_inv(q_dev, lin + f["g_body"]) + f["acc_bias"]
+    acc = rot.rotate_inverse(q_dev, lin + f["g_body"]) + f["acc_bias"]
     acc += rng.normal(0, 0.12, acc.shape)
-    quat = quaternion_multiply(quaternion_multiply(f["q_yaw"], f["q_pose"]), q_dev)
-    quat = quaternion_multiply(quat, _qexp(rng.normal(0, 0.004, (len(t), 3))))
+    quat = rot.multiply(rot.multiply(f["q_yaw"], f["q_pose"]), q_dev)
+    quat = rot.multiply(quat, rot.from_rotation_vector(rng.normal(0, 0.004, (len(t), 3))))
     quat = np.where(quat[:, :1] < 0, -quat, quat)  # the real files keep w >= 0
     left = f["left"]
     acc[left, 0] *= -1  # mirror image of a right-handed wearer

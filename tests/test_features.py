@@ -17,13 +17,12 @@ from cmi.features import (
     FeatureSet,
     compute_features,
     frame_channels,
-    gravity_in_device_frame,
     is_modality_channel,
     prepare_sensor_frame,
-    relative_rotation_vectors,
     sequence_feature_names,
 )
 from cmi.params import ExtractParams
+from cmi.rotation import gravity_in_device_frame, relative_rotation_vectors
 from cmi.schema import (
     ACC_COLUMNS,
     DEMOGRAPHICS_SCHEMA,
