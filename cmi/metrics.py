@@ -32,10 +32,12 @@ def _as_gesture_strings(labels: Sequence[str] | Sequence[int] | np.ndarray) -> l
 def competition_scores(
     y_true: Sequence[str] | Sequence[int] | np.ndarray,
     y_pred: Sequence[str] | Sequence[int] | np.ndarray,
+    sample_weight: np.ndarray | None = None,
 ) -> dict[str, float]:
     """score, binary_f1 and macro_f1 exactly as the competition defines them.
 
-    Labels are gesture strings or class indices into ``GESTURES``.
+    Labels are gesture strings or class indices into ``GESTURES``. ``sample_weight`` weighs
+    rows in both F1s (used to pool the recorded and IMU-only views at a given share).
     """
     truth = _as_gesture_strings(y_true)
     pred = _as_gesture_strings(y_pred)
@@ -49,10 +51,17 @@ def competition_scores(
         [g in targets for g in pred],
         pos_label=True,
         zero_division=0,
+        sample_weight=sample_weight,
     )
     collapsed_truth = [g if g in targets else NON_TARGET_LABEL for g in truth]
     collapsed_pred = [g if g in targets else NON_TARGET_LABEL for g in pred]
-    macro_f1 = f1_score(collapsed_truth, collapsed_pred, average="macro", zero_division=0)
+    macro_f1 = f1_score(
+        collapsed_truth,
+        collapsed_pred,
+        average="macro",
+        zero_division=0,
+        sample_weight=sample_weight,
+    )
     return {
         "score": float(0.5 * binary_f1 + 0.5 * macro_f1),
         "binary_f1": float(binary_f1),

@@ -72,12 +72,19 @@ class EnsembleParams:
 
 
 @dataclass(frozen=True)
+class EvalParams:
+    # Share of IMU-only sequences in the hidden test; weighs the two views in `test_like`.
+    imu_only_share: float = 0.5
+
+
+@dataclass(frozen=True)
 class Params:
     extract: ExtractParams = field(default_factory=ExtractParams)
     cv: CVParams = field(default_factory=CVParams)
     lgbm: LgbmParams = field(default_factory=LgbmParams)
     torch: TorchParams = field(default_factory=TorchParams)
     ensemble: EnsembleParams = field(default_factory=EnsembleParams)
+    eval: EvalParams = field(default_factory=EvalParams)
 
 
 T = TypeVar("T")
@@ -113,6 +120,7 @@ def params_from_dict(raw: dict[str, Any]) -> Params:
         "lgbm": LgbmParams,
         "torch": TorchParams,
         "ensemble": EnsembleParams,
+        "eval": EvalParams,
     }
     return Params(**{name: _build(cls, name, raw.get(name)) for name, cls in classes.items()})
 
