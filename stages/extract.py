@@ -29,6 +29,10 @@ SEQUENCES_COLUMNS = (
     "subject",
     "gesture",
     "label",
+    # Training-only context, kept as possible targets (post-processing's protocol slots,
+    # auxiliary heads); never features.
+    "orientation",
+    "initial_behavior",
     "sensor_group",
     "length",
     "handedness",
@@ -43,10 +47,16 @@ def _timed(step: str) -> Iterator[None]:
 
 
 def _gesture_labels(train: pl.DataFrame) -> pl.DataFrame:
-    """sequence_id -> gesture, label (class index); the raw validation made it unique."""
+    """sequence_id -> gesture, label (class index), orientation and the initial behaviour
+    (that of the first frame); the raw validation made gesture and orientation unique."""
     return (
-        train.group_by("sequence_id")
-        .agg(pl.col("gesture").first())
+        train.sort("sequence_id", "sequence_counter")
+        .group_by("sequence_id")
+        .agg(
+            pl.col("gesture").first(),
+            pl.col("orientation").first(),
+            pl.col("behavior").first().alias("initial_behavior"),
+        )
         .with_columns(
             pl.col("gesture").replace_strict(GESTURE_INDEX, return_dtype=pl.Int32).alias("label")
         )

@@ -19,6 +19,8 @@ SEQUENCES_SCHEMA = {
     "subject": pl.String,
     "gesture": pl.String,
     "label": pl.Int32,
+    "orientation": pl.String,
+    "initial_behavior": pl.String,
     "sensor_group": pl.String,
     "length": pl.Int32,
     "handedness": pl.Int32,
@@ -37,6 +39,10 @@ def test_extract_writes_the_contract(tiny_features_project: Path) -> None:
     assert set(sequences["gesture"]) <= set(GESTURES)
     assert sequences["label"].to_list() == [GESTURE_INDEX[g] for g in sequences["gesture"]]
     assert set(sequences["sensor_group"]) == {"full", "imu_only"}
+    first_rows = raw.sort("sequence_id", "sequence_counter").group_by("sequence_id").first()
+    context = sequences.join(first_rows, on="sequence_id")
+    assert (context["orientation"] == context["orientation_right"]).all()
+    assert (context["initial_behavior"] == context["behavior"]).all()
     truth = raw.group_by("sequence_id").agg(pl.len().cast(pl.Int32).alias("n"))
     joined = sequences.join(truth, on="sequence_id")
     assert (joined["length"] == joined["n"]).all()
