@@ -79,6 +79,10 @@ class ProjectPaths:
     def metrics(self, name: str) -> Path:
         return self.metrics_dir / f"{name}.json"
 
+    def live_dir(self, stage: str) -> Path:
+        """dvclive's folder of a training stage: metrics.json (its metrics) and plots/."""
+        return self._p("dvclive", stage)
+
     @property
     def plots_dir(self) -> Path:
         return self._p("plots")
