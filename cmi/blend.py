@@ -6,7 +6,6 @@ parameter to maximize the competition score on the OOF tables, overall or per se
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,15 +18,15 @@ from cmi.metrics import competition_scores, proba_matrix
 from cmi.params import EnsembleParams
 from cmi.schema import GESTURES, N_CLASSES, PROBA_COLUMNS
 
+# Re-exported: the weights record lives in the light cmi.weights (the Kaggle path needs it
+# without scikit-learn); cmi.blend keeps offering the same names.
+from cmi.weights import BlendError, BlendWeights, normalize_weights
+
 MODELS: tuple[str, ...] = ("lgbm", "torch")
 SENSOR_GROUPS: tuple[str, ...] = ("full", "imu_only")
 OPTIMIZERS: tuple[str, ...] = ("none", "grid", "nelder_mead")
 GRID_STEP = 0.05
 _KEY_COLUMNS: tuple[str, ...] = ("sequence_id", "fold", "y_true", "sensor_group")
-
-
-class BlendError(ValueError):
-    """The OOF tables or the ensemble params cannot be blended; the message says which."""
 
 
 @dataclass(frozen=True)
@@ -53,24 +52,6 @@ class BlendInputs:
 
     def __len__(self) -> int:
         return len(self.sequence_id)
-
-
-def normalize_weights(w_lgbm: float, w_torch: float, source: str = "params.yaml") -> dict:
-    """``{"lgbm": w, "torch": w}`` summing to 1; negative, non-finite or all-zero is an error."""
-    for key, value in (("w_lgbm", w_lgbm), ("w_torch", w_torch)):
-        if not isinstance(value, int | float) or not math.isfinite(value):
-            raise BlendError(f"{source}: ensemble.{key} must be a finite number (got {value!r})")
-        if value < 0:
-            raise BlendError(f"{source}: ensemble.{key} must be >= 0 (got {value})")
-    total = float(w_lgbm) + float(w_torch)
-    if total <= 0:
-        raise BlendError(
-            f"{source}: ensemble.w_lgbm + ensemble.w_torch must be > 0 "
-            f"(got {w_lgbm} + {w_torch}); set at least one of them positive"
-        )
-    if abs(total - 1.0) < 1e-9:  # already normalized: keep the values exactly (idempotent)
-        return {"lgbm": float(w_lgbm), "torch": float(w_torch)}
-    return {"lgbm": float(w_lgbm) / total, "torch": float(w_torch) / total}
 
 
 def _check_oof(frame: pl.DataFrame, name: str) -> None:
@@ -187,43 +168,6 @@ def fit_weights(inputs: BlendInputs, fixed: dict, method: str) -> dict:
         return dict(fixed)
     search = _grid_search if method == "grid" else _nelder_mead
     return _pair(search(inputs, fixed["lgbm"]))
-
-
-@dataclass(frozen=True)
-class BlendWeights:
-    """What models/blend/weights.json holds and inference applies."""
-
-    default: dict
-    by_sensor_group: dict | None
-    optimize: str
-
-    def for_group(self, sensor_group: str | None) -> dict:
-        if self.by_sensor_group and sensor_group in self.by_sensor_group:
-            return self.by_sensor_group[sensor_group]
-        return self.default
-
-    def to_json(self) -> dict:
-        return {
-            "default": self.default,
-            "by_sensor_group": self.by_sensor_group,
-            "optimize": self.optimize,
-        }
-
-    @classmethod
-    def from_json(cls, payload: dict, source: str = "weights.json") -> BlendWeights:
-        try:
-            default = normalize_weights(
-                payload["default"]["lgbm"], payload["default"]["torch"], source
-            )
-            groups = payload.get("by_sensor_group")
-            by_group = (
-                {g: normalize_weights(w["lgbm"], w["torch"], source) for g, w in groups.items()}
-                if groups
-                else None
-            )
-        except (KeyError, TypeError) as err:
-            raise BlendError(f"{source}: malformed blend weights ({err!r})") from err
-        return cls(default, by_group, str(payload.get("optimize", "none")))
 
 
 def fit_blend(inputs: BlendInputs, params: EnsembleParams) -> BlendWeights:
