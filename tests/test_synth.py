@@ -20,7 +20,7 @@ from cmi.schema import (
     TOF_COLUMNS,
     TRAIN_SCHEMA,
 )
-from cmi.synth import PRESETS, generate, write_synthetic
+from cmi.synth import PRESETS, generate, subject_table, write_synthetic
 
 pytestmark = pytest.mark.real_sample
 
@@ -101,9 +101,10 @@ def test_write_leaves_only_the_four_csvs(written: dict[str, Path]) -> None:
 
 def test_presets_and_bad_preset() -> None:
     assert set(PRESETS) == {"tiny", "demo", "full"}
-    assert PRESETS["full"].n_train_subjects == 81
-    assert PRESETS["full"].n_train_sequences == 8151
-    assert PRESETS["demo"].n_test_sequences == 500
+    assert PRESETS["full"].train.n_subjects == 81
+    assert PRESETS["demo"].train.n_subjects == 16
+    assert PRESETS["full"].train.n_upside_down == 2
+    assert PRESETS["demo"].train.n_upside_down == 1
     with pytest.raises(ValueError, match="unknown preset"):
         generate("huge")
 
@@ -132,9 +133,13 @@ def test_ids_and_counters(files: dict, name: str) -> None:
 
 
 def test_tiny_sizes(train: pl.DataFrame, test: pl.DataFrame) -> None:
-    assert train["sequence_id"].n_unique() == PRESETS["tiny"].n_train_sequences
-    assert test["sequence_id"].n_unique() == PRESETS["tiny"].n_test_sequences
-    assert 10 <= train["subject"].n_unique() <= 12
+    subjects = subject_table("tiny", seed=0)
+    for frame, split in ((train, "train"), (test, "test")):
+        expected = subjects.filter(pl.col("split") == split)
+        assert frame["sequence_id"].n_unique() == expected["n_sequences"].sum()
+        assert frame["subject"].n_unique() == expected.height
+    assert train["subject"].n_unique() == PRESETS["tiny"].train.n_subjects == 8
+    assert 200 <= train["sequence_id"].n_unique() <= 260
 
 
 def test_sequence_lengths(train: pl.DataFrame, test: pl.DataFrame) -> None:
