@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from cmi.fallback import TooManyFallbacksError
 from cmi.schema import RAW_FILES, SchemaError, read_raw_dir
 
 
@@ -56,7 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     validate = sub.add_parser(
-        "validate", help="check the four competition CSVs in DIR against the real schema"
+        "validate",
+        help="check the four competition CSVs in DIR against the real schema (columns, "
+        "types, truncated or ragged rows, ids, counters, labels); errors name file, column "
+        "and 1-based data row",
     )
     validate.add_argument(
         "dir", type=Path, help="folder with train.csv, test.csv, *_demographics.csv"
@@ -102,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (SchemaError, FileNotFoundError, ValueError) as err:
+    except (SchemaError, FileNotFoundError, ValueError, TooManyFallbacksError) as err:
         print(f"cmi {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -144,7 +144,8 @@ class RawData:
 
 
 def read_csv_checked(path: Path, schema: dict[str, type[pl.DataType]]) -> pl.DataFrame:
-    """Read one raw CSV with the expected dtypes, raising SchemaError that names the file."""
+    """Read one raw CSV with the expected dtypes, raising SchemaError that names the file (and,
+    for a bad value, its column and 1-based data row)."""
     path = Path(path)
     if not path.exists():
         raise SchemaError(
@@ -156,14 +157,58 @@ def read_csv_checked(path: Path, schema: dict[str, type[pl.DataType]]) -> pl.Dat
         raise SchemaError(f"{path}: file is empty")
     header = pl.read_csv(path, n_rows=0).columns
     _check_columns(path, header, tuple(schema))
+    # polars fills a short row with nulls without a word: count the fields first.
+    check_row_shapes(path, len(schema))
     try:
         frame = pl.read_csv(path, schema=schema)
     except (pl.exceptions.ComputeError, pl.exceptions.InvalidOperationError) as err:
-        where = _first_bad_value(path, schema)
-        raise SchemaError(f"{path}: wrong type: {where}") from err
+        raise SchemaError(_first_bad_value(path, schema)) from err
     if frame.height == 0:
         raise SchemaError(f"{path}: file has a header but no rows")
     return frame
+
+
+def _at(path: Path, column: str, row_index: int) -> str:
+    """Where a problem is: file, column and the 1-based data row (the header is line 1)."""
+    return f"{path}: column {column!r}, data row {row_index + 1} (line {row_index + 2})"
+
+
+def check_row_shapes(path: Path, n_columns: int) -> None:
+    """Every data row has exactly ``n_columns`` fields and the last one a line end; a file cut
+    short (an interrupted download or copy) fails here, naming the row."""
+    with open(path, "rb") as handle:
+        next(handle, None)  # the header, already checked
+        row, line = -1, b"\n"
+        for row, line in enumerate(handle):
+            if b'"' in line:  # quoted fields may hold commas or line ends: parse properly
+                return _check_quoted_row_shapes(path, n_columns)
+            fields = line.count(b",") + 1
+            if fields != n_columns:
+                _ragged(path, row, fields, n_columns)
+    if row >= 0 and not line.endswith(b"\n"):
+        raise SchemaError(
+            f"{path}: data row {row + 1} (line {row + 2}) has no line end: the file looks "
+            "truncated; download or copy it again"
+        )
+
+
+def _check_quoted_row_shapes(path: Path, n_columns: int) -> None:
+    """The same check for files with quoted fields (slower, exact for commas in quotes)."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        next(reader)
+        for row, fields in enumerate(reader):
+            if len(fields) != n_columns:
+                _ragged(path, row, len(fields), n_columns)
+
+
+def _ragged(path: Path, row: int, fields: int, n_columns: int) -> None:
+    raise SchemaError(
+        f"{path}: data row {row + 1} (line {row + 2}) has {fields} field(s), the header "
+        f"{n_columns}: a truncated or ragged row"
+    )
 
 
 def _check_columns(path: Path, found: list[str], expected: tuple[str, ...]) -> None:
@@ -182,6 +227,7 @@ def _check_columns(path: Path, found: list[str], expected: tuple[str, ...]) -> N
 
 
 def _first_bad_value(path: Path, schema: dict[str, type[pl.DataType]]) -> str:
+    """Why a typed read failed: the first value that does not parse, by column and row."""
     raw = pl.read_csv(path, infer_schema=False)
     for column, dtype in schema.items():
         if dtype is pl.String:
@@ -191,48 +237,93 @@ def _first_bad_value(path: Path, schema: dict[str, type[pl.DataType]]) -> str:
         bad = cast.is_null() & values.is_not_null() & (values.str.strip_chars() != "")
         if bad.any():
             row = int(bad.arg_max())
-            return f"column {column!r}, data row {row + 1}: {values[row]!r} is not {dtype.__name__}"
-    return "a value does not parse"
+            return f"{_at(path, column, row)}: wrong type: {values[row]!r} is not {dtype.__name__}"
+    return f"{path}: wrong type: a value does not parse"
+
+
+def _first_row(mask: pl.Series) -> int | None:
+    """Index of the first True in ``mask`` (nulls count as False), or None."""
+    mask = mask.fill_null(False)
+    return int(mask.arg_max()) if mask.any() else None
+
+
+def _check_no_nulls(path: Path, frame: pl.DataFrame, columns: tuple[str, ...]) -> None:
+    for column in columns:
+        row = _first_row(frame.get_column(column).is_null())
+        if row is not None:
+            raise SchemaError(f"{_at(path, column, row)}: empty (null) value")
+
+
+def _check_one_value_per_sequence(path: Path, frame: pl.DataFrame, column: str, what: str) -> None:
+    """A column constant within each sequence: name the first row that differs."""
+    differs = frame.select(pl.col(column) != pl.col(column).first().over("sequence_id")).to_series()
+    row = _first_row(differs)
+    if row is not None:
+        sequence = frame["sequence_id"][row]
+        raise SchemaError(
+            f"{_at(path, column, row)}: sequence {sequence!r} has more than one {what} "
+            f"({frame[column][row]!r} here)"
+        )
+
+
+def _check_counters(path: Path, frame: pl.DataFrame) -> None:
+    """sequence_counter: no nulls, and strictly increasing within each sequence in file order
+    (features order frames by it; a gap-free 0..n-1 is not required)."""
+    _check_no_nulls(path, frame, ("sequence_counter",))
+    step = frame.select(pl.col("sequence_counter").diff().over("sequence_id")).to_series()
+    row = _first_row(step <= 0)
+    if row is not None:
+        counter = frame["sequence_counter"]
+        raise SchemaError(
+            f"{_at(path, 'sequence_counter', row)}: {counter[row]} does not increase "
+            f"(the sequence's previous row has {counter[row] - step[row]}) in sequence "
+            f"{frame['sequence_id'][row]!r}"
+        )
 
 
 def validate_sensor_frame(path: Path, frame: pl.DataFrame, *, labelled: bool) -> None:
-    """Checks that go beyond dtypes: ids, duplicates, one subject per sequence, labels."""
-    dup = frame.get_column("row_id").is_duplicated()
-    if dup.any():
-        raise SchemaError(f"{path}: duplicate row_id {frame['row_id'][int(dup.arg_max())]!r}")
-    if frame.get_column("sequence_id").null_count() or frame.get_column("subject").null_count():
-        raise SchemaError(f"{path}: null sequence_id or subject")
-    subjects = frame.group_by("sequence_id").agg(pl.col("subject").n_unique().alias("n"))
-    bad = subjects.filter(pl.col("n") > 1)
-    if bad.height:
-        raise SchemaError(f"{path}: sequence {bad['sequence_id'][0]!r} has more than one subject")
+    """Checks that go beyond dtypes: ids, duplicates, counters, one subject (and one gesture)
+    per sequence, known gestures. Each error names file, column and 1-based data row."""
+    _check_no_nulls(path, frame, ("row_id", "sequence_id", "subject"))
+    repeated = _first_row(~frame.get_column("row_id").is_first_distinct())
+    if repeated is not None:
+        row_id = frame["row_id"][repeated]
+        first = _first_row(frame.get_column("row_id") == row_id)
+        assert first is not None
+        raise SchemaError(
+            f"{_at(path, 'row_id', repeated)}: duplicate row_id {row_id!r} "
+            f"(also data row {first + 1})"
+        )
+    _check_counters(path, frame)
+    _check_one_value_per_sequence(path, frame, "subject", "subject")
     if labelled:
-        unknown = frame.filter(~pl.col("gesture").is_in(list(GESTURES)))
-        if unknown.height:
-            row_id = unknown["row_id"][0]
+        unknown = _first_row(~frame.get_column("gesture").is_in(list(GESTURES)))
+        if unknown is not None:
             raise SchemaError(
-                f"{path}: unknown gesture {unknown['gesture'][0]!r} (row_id {row_id!r})"
+                f"{_at(path, 'gesture', unknown)}: unknown gesture {frame['gesture'][unknown]!r}"
             )
-        labels = frame.group_by("sequence_id").agg(pl.col("gesture").n_unique().alias("n"))
-        bad = labels.filter(pl.col("n") > 1)
-        if bad.height:
-            raise SchemaError(
-                f"{path}: sequence {bad['sequence_id'][0]!r} has more than one gesture"
-            )
+        _check_one_value_per_sequence(path, frame, "gesture", "gesture")
 
 
 def validate_demographics(
-    path: Path, demographics: pl.DataFrame, sensor_frame: pl.DataFrame
+    path: Path, demographics: pl.DataFrame, sensor_frame: pl.DataFrame, sensor_path: Path
 ) -> None:
-    dup = demographics.get_column("subject").is_duplicated()
-    if dup.any():
+    """One row per subject, and one for every subject of ``sensor_frame``."""
+    _check_no_nulls(path, demographics, ("subject",))
+    repeated = _first_row(~demographics.get_column("subject").is_first_distinct())
+    if repeated is not None:
         raise SchemaError(
-            f"{path}: duplicate subject {demographics['subject'][int(dup.arg_max())]!r}"
+            f"{_at(path, 'subject', repeated)}: duplicate subject "
+            f"{demographics['subject'][repeated]!r}"
         )
-    known = set(demographics.get_column("subject").to_list())
-    missing = sorted(set(sensor_frame.get_column("subject").unique().to_list()) - known)
-    if missing:
-        raise SchemaError(f"{path}: no demographics row for subject(s) {missing[:5]}")
+    known = demographics.get_column("subject").to_list()
+    row = _first_row(~sensor_frame.get_column("subject").is_in(known))
+    if row is not None:
+        missing = sorted(set(sensor_frame.get_column("subject").to_list()) - set(known))
+        raise SchemaError(
+            f"{path}: column 'subject': no demographics row for subject(s) {missing[:5]} "
+            f"(first seen in {_at(sensor_path, 'subject', row)})"
+        )
 
 
 def read_raw_dir(raw_dir: Path, *, with_test: bool = True) -> RawData:
@@ -243,7 +334,7 @@ def read_raw_dir(raw_dir: Path, *, with_test: bool = True) -> RawData:
     validate_sensor_frame(train_path, train, labelled=True)
     train_demo_path = raw_dir / "train_demographics.csv"
     train_demo = read_csv_checked(train_demo_path, DEMOGRAPHICS_SCHEMA)
-    validate_demographics(train_demo_path, train_demo, train)
+    validate_demographics(train_demo_path, train_demo, train, train_path)
     test = pl.DataFrame(schema=TEST_SCHEMA)
     test_demo = pl.DataFrame(schema=DEMOGRAPHICS_SCHEMA)
     if with_test:
@@ -252,5 +343,5 @@ def read_raw_dir(raw_dir: Path, *, with_test: bool = True) -> RawData:
         validate_sensor_frame(test_path, test, labelled=False)
         test_demo_path = raw_dir / "test_demographics.csv"
         test_demo = read_csv_checked(test_demo_path, DEMOGRAPHICS_SCHEMA)
-        validate_demographics(test_demo_path, test_demo, test)
+        validate_demographics(test_demo_path, test_demo, test, test_path)
     return RawData(train, train_demo, test, test_demo)

@@ -2,8 +2,9 @@
 
 ``predict_file`` behaves like Kaggle's local gateway (``CMIGateway``): polars reads test.csv,
 the sequence ids are shuffled, and ``cmi.inference.predict`` gets one sequence and that
-subject's demographics row at a time. ``package_submission`` writes the dataset a Kaggle
-notebook attaches: the bundle, a wheel of ``cmi``, the notebook script and a README.
+subject's demographics row at a time; more than a few fallback answers abort the run.
+``package_submission`` writes the dataset a Kaggle notebook attaches: the bundle, a wheel of
+``cmi``, the notebook script (with the bundle's digest pinned in it) and a README.
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ from pathlib import Path
 import polars as pl
 
 from cmi import inference
-from cmi.bundle import BundleError, load_bundle, swap_directory
+from cmi.bundle import BundleError, load_bundle
+from cmi.fallback import AnswerStats, FallbackLimit
 from cmi.io import write_parquet, write_text
 from cmi.schema import GESTURES
 
 log = logging.getLogger(__name__)
 
 NOTEBOOK_SCRIPT = "submission_notebook.py"
+# The notebook's line that `cmi package` rewrites with the bundle's digest.
+DIGEST_PIN_LINE = "PINNED_BUNDLE_DIGEST: str | None = None"
 _GESTURE_SET = frozenset(GESTURES)
 _PROGRESS_EVERY_S = 10.0
 
@@ -82,13 +86,16 @@ def predict_file(
     out: Path,
     bundle_dir: Path | None = None,
     seed: int | None = None,
+    limit: FallbackLimit | None = None,
 ) -> pl.DataFrame:
     """Write ``out`` (submission.parquet: sequence_id, gesture) from ``test_csv``.
 
     The bundle (``bundle_dir``, else $MODEL_PATH, else models/bundle) is verified in full
     first: a bad bundle raises BundleError naming the bad file instead of predicting with a
-    fallback.
+    fallback. More fallback answers than ``limit`` allows raise TooManyFallbacksError, and
+    nothing is written.
     """
+    limit = limit or FallbackLimit()
     settings = inference.InferenceSettings.from_env(bundle_dir=bundle_dir)
     test, demographics = _read_inputs(Path(test_csv), Path(demographics_csv))
     predictor = inference.load(settings, strict=True)
@@ -97,6 +104,7 @@ def predict_file(
     log.info("%s: %d sequences, %d rows", test_csv, len(batches), test.height)
 
     ids, answers = [], []
+    before = inference.answer_stats()
     started = last_report = time.perf_counter()
     for done, (sequence_id, sequence, demo) in enumerate(batches, start=1):
         answer = inference.predict(sequence, demo)
@@ -104,6 +112,7 @@ def predict_file(
             raise ValueError(f"sequence {sequence_id}: {answer!r} is not one of the 18 gestures")
         ids.append(sequence_id)
         answers.append(answer)
+        limit.check(_since(before, inference.answer_stats()))
         now = time.perf_counter()
         if now - last_report >= _PROGRESS_EVERY_S or done == len(batches):
             last_report = now
@@ -113,6 +122,7 @@ def predict_file(
                 len(batches),
                 1000 * (now - started) / done,
             )
+    log.info("%s", _since(before, inference.answer_stats()).describe())
     submission = pl.DataFrame(
         {"sequence_id": ids, "gesture": answers},
         schema={"sequence_id": pl.String, "gesture": pl.String},
@@ -120,6 +130,16 @@ def predict_file(
     write_parquet(submission, Path(out))
     log.info("wrote %s (%d rows)", out, submission.height)
     return submission
+
+
+def _since(before: AnswerStats, now: AnswerStats) -> AnswerStats:
+    """The answers of this run only (the counter is per process)."""
+    return AnswerStats(
+        calls=now.calls - before.calls,
+        fallbacks=now.fallbacks - before.fallbacks,
+        torch_failures=now.torch_failures - before.torch_failures,
+        last_error=now.last_error if now.fallbacks > before.fallbacks else None,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,7 +221,17 @@ def build_wheel(root: Path, out_dir: Path) -> Path:
     return wheels[0]
 
 
-def _readme(bundle_manifest: dict, wheel: Path) -> str:
+def pin_digest(notebook: str, digest: str) -> str:
+    """The notebook script with the bundle's digest pinned: it refuses any other bundle."""
+    if notebook.count(DIGEST_PIN_LINE) != 1:
+        raise ValueError(
+            f"kaggle/{NOTEBOOK_SCRIPT}: expected exactly one line {DIGEST_PIN_LINE!r} to pin "
+            "the bundle digest in"
+        )
+    return notebook.replace(DIGEST_PIN_LINE, f"PINNED_BUNDLE_DIGEST: str | None = {digest!r}")
+
+
+def _readme(bundle_manifest: dict, wheel: Path, digest: str) -> str:
     versions = bundle_manifest.get("versions", {})
     has_torch = bool(bundle_manifest.get("torch"))
     return f"""# CMI submission dataset
@@ -212,16 +242,21 @@ with internet off, and run `{NOTEBOOK_SCRIPT}` in it (paste it into a cell, or
 
 - `bundle/`: the verified model bundle (LightGBM{" + Torch" if has_torch else " only"}),
   built with cmi {versions.get("cmi", "?")}, lightgbm {versions.get("lightgbm", "?")},
-  torch {versions.get("torch", "?")}; `manifest.json` lists every file with its sha256.
+  torch {versions.get("torch", "?")}; `manifest.json` lists every file with its sha256
+  and is sealed: its digest is `{digest}`.
 - `wheels/{wheel.name}`: the `cmi` package (pure Python). The notebook unpacks it and puts
   it first on `sys.path`; numpy, polars, lightgbm, torch and safetensors come from the
   Kaggle image.
 - `{NOTEBOOK_SCRIPT}`: finds the wheel and the bundle under /kaggle/input, loads the bundle
-  at start (a broken bundle fails there, loudly), then serves `cmi.inference.predict`
-  through `kaggle_evaluation.cmi_inference_server`.
+  at start and refuses one whose digest is not the one pinned in it (`{digest}`), runs the
+  full ensemble strictly on a public test sequence (a broken bundle or feature path fails
+  there, loudly), then serves `cmi.inference.predict` through
+  `kaggle_evaluation.cmi_inference_server`, aborting if more than a few answers are
+  fallbacks.
 
 Settings (environment variables, optional): MODEL_PATH, TORCH_BUNDLE_PATH, ENSEMBLE_W_LGBM,
-ENSEMBLE_W_TORCH, LOAD_TORCH_FOLDS_IN_MEMORY, FAIL_IF_TORCH_MISSING (see cmi/inference.py).
+ENSEMBLE_W_TORCH, LOAD_TORCH_FOLDS_IN_MEMORY, FAIL_IF_TORCH_MISSING (see
+cmi/inference_settings.py).
 """
 
 
@@ -229,8 +264,11 @@ def package_submission(out: Path, bundle_dir: Path = Path("models/bundle")) -> P
     """Write ``out``: bundle/, wheels/cmi-*.whl, the notebook script and a README.
 
     The bundle is pulled from the DVC remote if it is not in the workspace, and verified
-    (BundleError names a bad file) before anything is written.
+    (BundleError names a bad file) before anything is written. Its digest is pinned in the
+    notebook script, which then refuses any other bundle.
     """
+    from cmi.bundle.builder import swap_directory  # packaging, like building, is not Kaggle-side
+
     out, bundle_dir = Path(out), Path(bundle_dir)
     root = source_root()
     if not bundle_dir.exists():
@@ -240,16 +278,24 @@ def package_submission(out: Path, bundle_dir: Path = Path("models/bundle")) -> P
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         shutil.copytree(bundle_dir, staging / "bundle")
-        load_bundle(staging / "bundle")  # the copy is what ships: verify it too
+        # The copy is what ships: verify it too, and that it is the same bundle.
+        load_bundle(staging / "bundle", expected_digest=bundle.digest)
         (staging / "wheels").mkdir()
         wheel = build_wheel(root, staging / "wheels")
-        shutil.copy2(root / "kaggle" / NOTEBOOK_SCRIPT, staging / NOTEBOOK_SCRIPT)
-        write_text(_readme(bundle.manifest, wheel), staging / "README.md")
+        notebook = (root / "kaggle" / NOTEBOOK_SCRIPT).read_text(encoding="utf-8")
+        write_text(pin_digest(notebook, bundle.digest), staging / NOTEBOOK_SCRIPT)
+        write_text(_readme(bundle.manifest, wheel, bundle.digest), staging / "README.md")
         swap_directory(staging, out)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
-    log.info("wrote %s: bundle, %s, %s, README.md", out, wheel.name, NOTEBOOK_SCRIPT)
+    log.info(
+        "wrote %s: bundle (digest %s), %s, %s, README.md",
+        out,
+        bundle.digest,
+        wheel.name,
+        NOTEBOOK_SCRIPT,
+    )
     return out
 
 
@@ -258,6 +304,7 @@ __all__ = [
     "build_wheel",
     "gateway_batches",
     "package_submission",
+    "pin_digest",
     "predict_file",
     "pull_bundle",
 ]

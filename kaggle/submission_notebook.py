@@ -9,13 +9,20 @@ What it does, in order:
    and puts it first on sys.path; numpy, polars, lightgbm, torch, safetensors come from the
    Kaggle image;
 2. points MODEL_PATH at the bundle it finds (unless MODEL_PATH is already set);
-3. loads and verifies the bundle right away, so a broken one fails here, seconds after
-   start, well inside the 15-minute startup limit, and runs one warm-up prediction;
-4. imports `kaggle_evaluation.cmi_inference_server` from the competition folder, builds
+3. loads and verifies the bundle right away, strictly (a declared Torch part that does not
+   load is an error, not a silent LightGBM-only run), and refuses a bundle whose sealed
+   digest is not PINNED_BUNDLE_DIGEST (written here by `cmi package`); so a broken or wrong
+   bundle fails seconds after start, well inside the 15-minute startup limit;
+4. warms up: the full ensemble runs strictly (raising, unlike `predict`) on the first public
+   test sequence as recorded and in its IMU-only view, so a bug that real input triggers
+   fails here instead of turning every answer into the fallback gesture;
+5. imports `kaggle_evaluation.cmi_inference_server` from the competition folder, builds
    `CMIInferenceServer(predict)` and calls `serve()` when KAGGLE_IS_COMPETITION_RERUN is set,
    else `run_local_gateway` on the competition's public test files (which writes
-   submission.parquet). Without kaggle_evaluation, `cmi.submission.predict_file` runs the same
-   loop and writes submission.parquet itself.
+   submission.parquet). The `predict` served counts its fallback answers and raises once more
+   than a few are fallbacks (FallbackLimit), which stops the run before `serve()` finishes:
+   a failed submission instead of a silently bad one. Without kaggle_evaluation,
+   `cmi.submission.predict_file` runs the same loop, with the same limit.
 
 CMI_KAGGLE_INPUT and CMI_KAGGLE_WORK override /kaggle/input and /kaggle/working (tests).
 """
@@ -36,6 +43,9 @@ from pathlib import Path
 COMPETITION = "cmi-detect-behavior-with-sensor-data"
 SERVER_MODULE = "kaggle_evaluation.cmi_inference_server"
 MAX_DEPTH = 4  # /kaggle/input/<dataset>[/<version>]/bundle/manifest.json
+# `cmi package` replaces None by the digest of the bundle it packaged ("sha256:..."); the
+# notebook then refuses any other bundle. None (this source file) checks nothing.
+PINNED_BUNDLE_DIGEST: str | None = None
 
 log = logging.getLogger("cmi.kaggle")
 
@@ -104,18 +114,26 @@ def install_wheel(wheel: Path, target_parent: Path) -> Path:
     return target
 
 
-def warm_up(predict, competition: Path | None) -> None:
-    """One prediction on a public test sequence: every code path runs once before serving."""
-    if competition is None or not (competition / "test.csv").is_file():
-        return
-    import polars as pl
+def warm_up(inference, competition: Path | None) -> None:
+    """The full ensemble, strictly, on the first public test sequence (read as the gateway
+    reads it), or on a synthetic one in the same layout; raises on any problem."""
+    sequence = demographics = None
+    if competition is not None and (competition / "test.csv").is_file():
+        import polars as pl
 
-    test = pl.read_csv(competition / "test.csv")
-    demographics = pl.read_csv(competition / "test_demographics.csv")
-    first = test.filter(pl.col("sequence_id") == test["sequence_id"][0])
-    started = time.perf_counter()
-    answer = predict(first, demographics.filter(pl.col("subject") == first["subject"][0]))
-    log.info("warm-up prediction %r in %.2fs", answer, time.perf_counter() - started)
+        test = pl.read_csv(competition / "test.csv")
+        demographics = pl.read_csv(competition / "test_demographics.csv")
+        sequence = test.filter(pl.col("sequence_id") == test["sequence_id"][0])
+        demographics = demographics.filter(pl.col("subject") == sequence["subject"][0])
+    else:
+        log.warning("no public test.csv: warming up on a synthetic sequence")
+    report = inference.warm_up(sequence, demographics)
+    log.info(
+        "warm-up: %s (Torch %s) in %.2fs",
+        report.answers,
+        "on" if report.uses_torch else "off",
+        report.seconds,
+    )
 
 
 def main() -> None:
@@ -141,10 +159,19 @@ def main() -> None:
 
     from cmi import inference
 
-    predictor = inference.load()  # verifies every checksum; raises on a broken bundle
-    log.info("%s (cmi from %s)", predictor.describe(), Path(inference.__file__).parent)
+    if PINNED_BUNDLE_DIGEST:
+        os.environ["BUNDLE_DIGEST"] = PINNED_BUNDLE_DIGEST
+    # Verifies the seal, the pinned digest and every checksum; raises on a broken bundle.
+    predictor = inference.load(strict=True)
+    log.info(
+        "%s, digest %s (cmi from %s)",
+        predictor.describe(),
+        predictor.bundle.digest,
+        Path(inference.__file__).parent,
+    )
     competition = find_competition_dir(root)
-    warm_up(inference.predict, competition)
+    warm_up(inference, competition)
+    inference.reset_answer_stats()
     log.info("ready after %.1fs", time.perf_counter() - started)
 
     if competition is None:
@@ -159,11 +186,15 @@ def main() -> None:
         return
     sys.path.insert(0, str(competition))
     server_module = importlib.import_module(SERVER_MODULE)
-    server = server_module.CMIInferenceServer(inference.predict)
+    # Named `predict` like the function it wraps: the server routes calls by that name.
+    server = server_module.CMIInferenceServer(inference.guard_fallbacks(inference.predict))
     if os.getenv("KAGGLE_IS_COMPETITION_RERUN"):
         server.serve()
     else:
         server.run_local_gateway(data_paths=data_paths)
+    stats = inference.answer_stats()
+    log.info("%s", stats.describe())
+    inference.FallbackLimit().check(stats)
 
 
 if __name__ == "__main__":

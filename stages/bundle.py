@@ -1,11 +1,15 @@
-"""DVC stage `bundle`: everything inference needs in one checksummed directory (models/bundle)."""
+"""DVC stage `bundle`: everything inference needs in one sealed directory (models/bundle).
+
+Prints the bundle's digest (``bundle digest: sha256:...``): `cmi package` pins it in the
+Kaggle notebook, which refuses any other bundle.
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from cmi.bundle import build_bundle
+from cmi.bundle.builder import build_bundle
 from cmi.params import load_params
 from cmi.paths import ProjectPaths
 
@@ -34,6 +38,8 @@ def main(root: Path = Path(".")) -> None:
         len(manifest["files"]),
         size / 1e6,
     )
+    # stdout, not the log: the one line a person copies (and `dvc repro` always shows).
+    print(f"bundle digest: {manifest['seal']['digest']}", flush=True)
 
 
 if __name__ == "__main__":

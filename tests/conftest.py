@@ -12,10 +12,27 @@ import pytest
 from pipeline_helpers import REAL_SAMPLE, make_project, run_stage
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # A test reads the real sample only through the `real_sample` fixture (directly or via
+    # another fixture), so exactly those tests carry the mark: `-m "not real_sample"` works.
+    for item in items:
+        if "real_sample" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.real_sample)
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    # Modules marked real_sample read ../shared/cmi-real-sample; without it they skip, loudly.
+    # Tests marked real_sample read ../shared/cmi-real-sample; without it they skip, loudly.
     if item.get_closest_marker("real_sample") and not REAL_SAMPLE.is_dir():
         pytest.skip(f"real competition sample not found at {REAL_SAMPLE} (set CMI_REAL_SAMPLE)")
+
+
+@pytest.fixture(scope="session")
+def real_sample() -> Path:
+    """The real competition sample (15 train sequences, the public test files): the only way
+    tests reach it. Absent (a clone without ../shared), the tests using it skip."""
+    if not REAL_SAMPLE.is_dir():
+        pytest.skip(f"real competition sample not found at {REAL_SAMPLE} (set CMI_REAL_SAMPLE)")
+    return REAL_SAMPLE
 
 
 @pytest.fixture(scope="session")

@@ -15,14 +15,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _find_real_sample() -> Path:
-    """The real competition sample: $CMI_REAL_SAMPLE, else ../shared/ beside the project."""
-    candidates = [
-        os.environ.get("CMI_REAL_SAMPLE"),
-        REPO_ROOT.parent / "shared" / "cmi-real-sample",
-        Path("/work/shared/cmi-real-sample"),  # the team's workspace, for clones made elsewhere
-    ]
-    found = [Path(c) for c in candidates if c and Path(c).is_dir()]
-    return found[0] if found else REPO_ROOT.parent / "shared" / "cmi-real-sample"
+    """The real competition sample: $CMI_REAL_SAMPLE when set (even if it does not exist, so
+    pointing it at nothing simulates a clone without the sample), else ../shared/ beside the
+    project. No absolute fallback: a clone elsewhere sets CMI_REAL_SAMPLE."""
+    configured = os.environ.get("CMI_REAL_SAMPLE")
+    if configured:
+        return Path(configured)
+    return REPO_ROOT.parent / "shared" / "cmi-real-sample"
 
 
 REAL_SAMPLE = _find_real_sample()

@@ -21,9 +21,11 @@ from cmi.bundle import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     BundleError,
-    build_bundle,
     load_bundle,
+    manifest_digest,
 )
+from cmi.bundle.builder import build_bundle
+from cmi.bundle.seal import seal_manifest
 from cmi.features import frame_channels, sequence_feature_names
 from cmi.io import read_json, sha256_file, write_json
 from cmi.lgbm import lightgbm_feature_names
@@ -138,9 +140,13 @@ def bundle_copy(fake_bundle: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(fake_bundle, tmp_path / "bundle"))
 
 
-def _rewrite_manifest(bundle: Path, edit) -> None:
+def _rewrite_manifest(bundle: Path, edit, *, reseal: bool = True) -> None:
+    """Edit the manifest; ``reseal`` as an attacker who knows the seal would, so that the
+    checks behind the seal are what a test exercises."""
     manifest = read_json(bundle / MANIFEST_NAME)
     edit(manifest)
+    if reseal:
+        manifest = seal_manifest(manifest)
     (bundle / MANIFEST_NAME).write_text(json.dumps(manifest))
 
 
@@ -312,7 +318,11 @@ def test_stray_pickle_is_refused(bundle_copy: Path) -> None:
 
 def test_wrong_format_version_is_refused(bundle_copy: Path) -> None:
     _rewrite_manifest(bundle_copy, lambda m: m.update(format_version=FORMAT_VERSION + 1))
-    with pytest.raises(BundleError, match=r"manifest\.json: format_version 2 is not supported"):
+    with pytest.raises(BundleError, match=r"manifest\.json: format_version 3 is not supported"):
+        load_bundle(bundle_copy)
+    # An unsealed bundle of the previous format is refused as such (rebuild it).
+    _rewrite_manifest(bundle_copy, lambda m: m.update(format_version=1), reseal=False)
+    with pytest.raises(BundleError, match=r"format_version 1 is not supported.*rebuild"):
         load_bundle(bundle_copy)
 
 
@@ -343,3 +353,89 @@ def test_paths_outside_the_bundle_are_refused(bundle_copy: Path) -> None:
 
 def test_bundle_error_is_a_value_error() -> None:
     assert issubclass(BundleError, ValueError)  # the CLI turns ValueErrors into exit code 2
+
+
+# ------------------------------------------------------------------------------- the seal
+
+
+def _edit_value(manifest: dict, dotted: str, value) -> None:
+    node = manifest
+    *parents, last = dotted.split(".")
+    for key in parents:
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    node[last] = value
+
+
+# Each edit would load without a word before the seal (and change what inference computes).
+SEAL_EDITS = {
+    "scaler mean": ("torch.folds.0.scaler.mean", [0.0] * 3, "torch.folds"),
+    "pad_len": ("torch.pad_len", 7, "torch.pad_len"),
+    "blend weights": ("blend.default", {"lgbm": 0.9, "torch": 0.1}, "blend.default"),
+    "feature order": ("lgbm.feature_names", None, "lgbm.feature_names"),
+    "extract params": ("extract.n_segments", 4, "extract.n_segments"),
+    "a file's checksum": ("files.lgbm/fold_0.txt", None, "files.lgbm/fold_0.txt"),
+    "a new key": ("notes", "hello", "added: notes"),
+}
+
+
+@pytest.mark.parametrize("case", list(SEAL_EDITS))
+def test_any_manifest_edit_is_refused_naming_the_key(bundle_copy: Path, case: str) -> None:
+    dotted, value, named = SEAL_EDITS[case]
+
+    def edit(manifest: dict) -> None:
+        if case == "feature order":
+            names = manifest["lgbm"]["feature_names"]
+            names[0], names[1] = names[1], names[0]
+        elif case == "a file's checksum":
+            manifest["files"]["lgbm/fold_0.txt"]["sha256"] = "0" * 64
+        else:
+            _edit_value(manifest, dotted, value)
+
+    _rewrite_manifest(bundle_copy, edit, reseal=False)
+    with pytest.raises(BundleError, match=r"manifest\.json: the manifest was changed") as err:
+        load_bundle(bundle_copy, parts=("lgbm",))
+    assert named in str(err.value)
+
+
+def test_a_resealed_table_without_its_digest_is_refused(bundle_copy: Path) -> None:
+    """Editing content and the seal's per-key hashes, but not its digest, is still caught."""
+    manifest = read_json(bundle_copy / MANIFEST_NAME)
+    manifest["torch"]["pad_len"] = 7
+    forged = seal_manifest(manifest)
+    forged["seal"]["digest"] = manifest["seal"]["digest"]
+    (bundle_copy / MANIFEST_NAME).write_text(json.dumps(forged))
+    with pytest.raises(BundleError, match="the seal itself was edited"):
+        load_bundle(bundle_copy)
+    del forged["seal"]
+    (bundle_copy / MANIFEST_NAME).write_text(json.dumps(forged))
+    with pytest.raises(BundleError, match="not sealed"):
+        load_bundle(bundle_copy)
+
+
+def test_digest_names_the_bundle_and_can_be_pinned(fake_bundle: Path, tmp_path: Path) -> None:
+    bundle = load_bundle(fake_bundle)
+    digest = manifest_digest(read_json(fake_bundle / MANIFEST_NAME))
+    assert bundle.digest == digest and digest.startswith("sha256:") and len(digest) == 71
+    assert load_bundle(fake_bundle, expected_digest=digest).digest == digest
+    # Another valid bundle (one fold fewer) has another digest and is refused when pinned.
+    other = build_fake_bundle(tmp_path, n_folds=1)
+    assert load_bundle(other).digest != digest
+    with pytest.raises(BundleError, match=f"is not the pinned {digest}"):
+        load_bundle(other, expected_digest=digest)
+    # Pretty-printing the manifest (whitespace, key order) is not an edit.
+    manifest = read_json(fake_bundle / MANIFEST_NAME)
+    copy = Path(shutil.copytree(fake_bundle, tmp_path / "pretty"))
+    (copy / MANIFEST_NAME).write_text(json.dumps(dict(reversed(manifest.items())), indent=4))
+    assert load_bundle(copy, expected_digest=digest).digest == digest
+
+
+def test_same_models_same_digest(tmp_path: Path) -> None:
+    first = load_bundle(build_fake_bundle(tmp_path / "a")).digest
+    assert load_bundle(build_fake_bundle(tmp_path / "b")).digest == first
+
+
+def test_bundle_stage_prints_the_digest(tmp_path: Path) -> None:
+    write_fake_models(tmp_path)
+    result = run_stage("bundle.py", tmp_path)
+    digest = load_bundle(tmp_path / "models" / "bundle").digest
+    assert f"bundle digest: {digest}" in result.stdout

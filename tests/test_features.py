@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
-from pipeline_helpers import REAL_SAMPLE
 from scipy.spatial.transform import Rotation
 
 from cmi.features import (
@@ -35,8 +34,6 @@ from cmi.schema import (
     TRAIN_SCHEMA,
 )
 
-pytestmark = pytest.mark.real_sample
-
 PARAMS = ExtractParams(sampling_rate_hz=10.0, n_segments=3, tof_regions=True)
 MODALITY_COLUMNS = (*THM_COLUMNS, *TOF_COLUMNS)
 
@@ -45,18 +42,14 @@ MODALITY_COLUMNS = (*THM_COLUMNS, *TOF_COLUMNS)
 
 
 @pytest.fixture(scope="module")
-def real_train() -> pl.DataFrame:
-    if not REAL_SAMPLE.exists():
-        pytest.skip(f"{REAL_SAMPLE} not present")
-    return pl.read_csv(REAL_SAMPLE / "train_sample.csv", schema=TRAIN_SCHEMA)
+def real_train(real_sample) -> pl.DataFrame:
+    return pl.read_csv(real_sample / "train_sample.csv", schema=TRAIN_SCHEMA)
 
 
 @pytest.fixture(scope="module")
-def demographics() -> pl.DataFrame:
-    if not REAL_SAMPLE.exists():
-        pytest.skip(f"{REAL_SAMPLE} not present")
+def demographics(real_sample) -> pl.DataFrame:
     frames = [
-        pl.read_csv(REAL_SAMPLE / name, schema=DEMOGRAPHICS_SCHEMA)
+        pl.read_csv(real_sample / name, schema=DEMOGRAPHICS_SCHEMA)
         for name in ("train_demographics.csv", "test_demographics.csv")
     ]
     return pl.concat(frames).unique("subject", keep="first", maintain_order=True)
@@ -70,7 +63,7 @@ def roles(real_train: pl.DataFrame) -> dict[str, list[str]]:
 
 
 @pytest.fixture(scope="module")
-def mixed_train(real_train: pl.DataFrame, roles: dict[str, list[str]]) -> pl.DataFrame:
+def mixed_train(real_sample, real_train: pl.DataFrame, roles: dict[str, list[str]]) -> pl.DataFrame:
     """The 15 real sequences, reworked to cover every route, + the 2 real test sequences
     (labelled arbitrarily) + 3 very short ones: 20 sequences in all.
 
@@ -101,7 +94,7 @@ def mixed_train(real_train: pl.DataFrame, roles: dict[str, list[str]]) -> pl.Dat
         .otherwise(pl.col("acc_y"))
         .alias("acc_y"),
     )
-    test = pl.read_csv(REAL_SAMPLE / "test.csv", schema={c: TRAIN_SCHEMA[c] for c in TEST_COLUMNS})
+    test = pl.read_csv(real_sample / "test.csv", schema={c: TRAIN_SCHEMA[c] for c in TEST_COLUMNS})
     test = test.with_columns(
         *(
             pl.lit(value).alias(c)

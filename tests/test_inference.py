@@ -1,24 +1,29 @@
-"""cmi.inference: the API Kaggle calls, its settings, fallbacks, and odd inputs."""
+"""cmi.inference: the API Kaggle calls, its settings, fallbacks, odd inputs, the warm-up, and
+what the Kaggle path imports.
+
+Inputs are the synthetic test files (read as Kaggle's gateway reads them); the tests that
+need the real public test files take the ``real_sample`` fixture and skip without it."""
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
-from pipeline_helpers import REAL_SAMPLE
 from test_bundle import build_fake_bundle
 
 from cmi import inference
 from cmi.bundle import BundleError
 from cmi.features import compute_features, prepare_sensor_frame
 from cmi.schema import GESTURES, N_CLASSES, ROT_COLUMNS, SENSOR_COLUMNS, THM_COLUMNS, TOF_COLUMNS
-
-pytestmark = pytest.mark.real_sample
 
 ENV_VARS = (
     "MODEL_PATH",
@@ -27,6 +32,7 @@ ENV_VARS = (
     "ENSEMBLE_W_TORCH",
     "LOAD_TORCH_FOLDS_IN_MEMORY",
     "FAIL_IF_TORCH_MISSING",
+    "BUNDLE_DIGEST",
 )
 Case = tuple[pl.DataFrame, pl.DataFrame]
 
@@ -60,19 +66,46 @@ def use_bundle(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
         for name, value in env.items():
             monkeypatch.setenv(name, value)
         inference.reset_cache()
+        inference.reset_answer_stats()
 
     yield use
     inference.reset_cache()
+    inference.reset_answer_stats()
+
+
+def _read_like_the_gateway(folder: Path) -> Case:
+    return pl.read_csv(folder / "test.csv"), pl.read_csv(folder / "test_demographics.csv")
 
 
 @pytest.fixture(scope="module")
-def kaggle_test() -> Case:
+def kaggle_test(tiny_raw_dir: Path) -> Case:
+    """The synthetic test files (half IMU-only), read the way Kaggle's gateway reads them."""
+    return _read_like_the_gateway(tiny_raw_dir)
+
+
+@pytest.fixture(scope="module")
+def real_kaggle_test(real_sample: Path) -> Case:
     """The real public test files, read the way Kaggle's gateway reads them."""
-    return pl.read_csv(REAL_SAMPLE / "test.csv"), pl.read_csv(REAL_SAMPLE / "test_demographics.csv")
+    return _read_like_the_gateway(real_sample)
 
 
-def _one(case: Case, sequence_id: str = "SEQ_000001") -> Case:
+@pytest.fixture(
+    scope="module", params=["synthetic", pytest.param("real", marks=pytest.mark.real_sample)]
+)
+def any_kaggle_test(request: pytest.FixtureRequest) -> Case:
+    """Both: the synthetic files always, the real ones where the sample is present."""
+    name = "kaggle_test" if request.param == "synthetic" else "real_kaggle_test"
+    return request.getfixturevalue(name)
+
+
+def _one(case: Case, sequence_id: str | None = None) -> Case:
+    """One sequence (default: the first with every sensor) and its subject's demographics."""
     test, demographics = case
+    if sequence_id is None:
+        full = test.group_by("sequence_id", maintain_order=True).agg(
+            pl.col("tof_1_v0").cast(pl.Float64, strict=False).is_not_null().any().alias("full")
+        )
+        sequence_id = full.filter("full")["sequence_id"][0]
     sequence = test.filter(pl.col("sequence_id") == sequence_id)
     return sequence, demographics.filter(pl.col("subject") == sequence["subject"][0])
 
@@ -137,9 +170,9 @@ def _odd_inputs(sequence: pl.DataFrame, demographics: pl.DataFrame) -> dict[str,
     }
 
 
-def test_probabilities(bundles, use_bundle, kaggle_test) -> None:
+def test_probabilities(bundles, use_bundle, any_kaggle_test) -> None:
     use_bundle(bundles["full"])
-    sequence, demographics = _one(kaggle_test)
+    sequence, demographics = _one(any_kaggle_test)
     p_lgbm = inference.predict_lgbm_proba(sequence, demographics)
     p_torch = inference.predict_torch_proba(sequence, demographics)
     p_blend = inference.predict_ensemble(sequence, demographics)
@@ -151,18 +184,18 @@ def test_probabilities(bundles, use_bundle, kaggle_test) -> None:
     assert inference.predict(sequence, demographics) == GESTURES[int(np.argmax(p_blend))]
 
 
-def test_one_sequence_gets_the_features_of_the_batch(bundles, use_bundle, kaggle_test) -> None:
+def test_one_sequence_gets_the_features_of_the_batch(bundles, use_bundle, any_kaggle_test) -> None:
     """The inference path on one sequence == the batch path over the whole test table."""
     use_bundle(bundles["full"])
     predictor = inference.get_predictor()
-    test, demographics = kaggle_test
+    test, demographics = any_kaggle_test
     batch = compute_features(prepare_sensor_frame(test), demographics, predictor.bundle.extract)
     for sequence_id in test["sequence_id"].unique().to_list():
         rows = batch.sequence_features.filter(pl.col("sequence_id") == sequence_id)
         frames = batch.frame_features.filter(pl.col("sequence_id") == sequence_id)
         groups = batch.sequences.filter(pl.col("sequence_id") == sequence_id)
         expected = type(batch)(groups, rows, frames)
-        sequence, demo = _one(kaggle_test, sequence_id)
+        sequence, demo = _one(any_kaggle_test, sequence_id)
         np.testing.assert_allclose(
             inference.predict_lgbm_proba(sequence, demo), predictor.lgbm_proba(expected)
         )
@@ -377,7 +410,7 @@ def test_bundles_that_do_not_fit_this_feature_code(
 ) -> None:
     from test_bundle import write_fake_models
 
-    from cmi.bundle import build_bundle
+    from cmi.bundle.builder import build_bundle
     from cmi.io import read_json, write_json
     from cmi.params import ExtractParams
 
@@ -404,3 +437,185 @@ def test_bundles_that_do_not_fit_this_feature_code(
     predictor = inference.load()
     assert not predictor.uses_torch
     assert "extract params" in predictor.torch_problem
+
+
+# ------------------------------------------------------------------ Kaggle-day safety
+
+
+def test_pandas_input_gets_the_polars_answer(bundles, use_bundle, kaggle_test) -> None:
+    """Older notebooks pass pandas frames: converted, not answered with the fallback."""
+    use_bundle(bundles["full"])
+    sequence, demographics = _one(kaggle_test)
+    expected = inference.predict_ensemble(sequence, demographics)
+    answer = inference.predict(sequence.to_pandas(), demographics.to_pandas())
+    assert answer == GESTURES[int(np.argmax(expected))]
+    np.testing.assert_allclose(
+        inference.predict_ensemble(sequence.to_pandas(), demographics.to_pandas()), expected
+    )
+    stats = inference.answer_stats()
+    assert (stats.calls, stats.fallbacks) == (1, 0), stats
+    with pytest.raises(TypeError, match="sequence: expected a polars or pandas DataFrame"):
+        inference.predict_gesture(inference.get_predictor(), [[1, 2]], demographics)
+
+
+def test_predict_counts_its_fallbacks(bundles, use_bundle, kaggle_test, tmp_path: Path) -> None:
+    sequence, demographics = _one(kaggle_test)
+    use_bundle(bundles["full"])
+    for _ in range(3):
+        assert inference.predict(sequence, demographics) in GESTURES
+    assert inference.predict(None, None) == inference.FALLBACK_GESTURE  # type: ignore[arg-type]
+    stats = inference.answer_stats()
+    assert (stats.calls, stats.fallbacks) == (4, 1)
+    assert "TypeError" in stats.last_error
+
+    use_bundle(tmp_path / "no-such-bundle")  # every answer is the fallback, and counted
+    inference.predict(sequence, demographics)
+    inference.predict(sequence, demographics)
+    stats = inference.answer_stats()
+    assert (stats.calls, stats.fallbacks) == (2, 2)
+    assert "bundle directory not found" in stats.last_error
+
+
+def test_torch_failures_are_counted(bundles, use_bundle, kaggle_test, monkeypatch) -> None:
+    use_bundle(bundles["full"])
+    sequence, demographics = _one(kaggle_test)
+    predictor = inference.get_predictor()
+    monkeypatch.setattr(predictor, "torch_proba", lambda features: 1 / 0)
+    inference.predict(sequence, demographics)
+    stats = inference.answer_stats()
+    assert (stats.calls, stats.fallbacks, stats.torch_failures) == (1, 0, 1)
+    assert "ZeroDivisionError" in stats.describe()
+
+
+def test_guard_aborts_once_too_many_answers_are_fallbacks(bundles, use_bundle, kaggle_test) -> None:
+    use_bundle(bundles["full"])
+    sequence, demographics = _one(kaggle_test)
+    limit = inference.FallbackLimit(max_share=0.1, grace=1)
+    guarded = inference.guard_fallbacks(inference.predict, limit)
+    assert guarded.__name__ == "predict"  # Kaggle's server routes calls by the function name
+    for _ in range(7):
+        guarded(sequence, demographics)
+    assert guarded(sequence.head(0), demographics) == inference.FALLBACK_GESTURE  # 1 <= 1 + 0
+    with pytest.raises(inference.TooManyFallbacksError, match=r"2 fallback\(s\) in 9 answer"):
+        guarded(sequence.head(0), demographics)  # 2 > 1 + floor(0.1 * 9)
+    assert [limit.allowed(n) for n in (0, 9, 10, 100)] == [1, 1, 2, 11]
+
+
+def test_warm_up_runs_the_full_ensemble_strictly(
+    bundles, use_bundle, kaggle_test, tmp_path: Path, monkeypatch
+) -> None:
+    sequence, demographics = _one(kaggle_test)
+    use_bundle(bundles["full"])
+    report = inference.warm_up(sequence, demographics)
+    assert set(report.answers) == {"full", "imu_only"} and report.uses_torch
+    assert set(report.answers.values()) <= set(GESTURES)
+    assert inference.warm_up().uses_torch  # without input: the real-shaped probe sequence
+    assert inference.answer_stats().calls == 0  # the warm-up is not an answer
+
+    # Torch failing on real input: predict would quietly use LightGBM alone; warm-up refuses.
+    predictor = inference.get_predictor()
+    monkeypatch.setattr(predictor, "torch_proba", lambda features: 1 / 0)
+    assert inference.predict(sequence, demographics) in GESTURES
+    with pytest.raises(inference.WarmUpError, match="full view: ZeroDivisionError"):
+        inference.warm_up(sequence, demographics)
+    with pytest.raises(inference.WarmUpError, match="real-shaped"):
+        inference.warm_up(sequence.select("sequence_id", "acc_x"), demographics)
+
+    # A broken Torch part that a lenient load switched off is an error too.
+    broken = Path(shutil.copytree(bundles["full"], tmp_path / "broken"))
+    weights = broken / "torch" / "fold_0.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8])
+    use_bundle(broken)
+    assert not inference.load().uses_torch
+    with pytest.raises(inference.WarmUpError, match=r"Torch part is off.*checksum mismatch"):
+        inference.warm_up(sequence, demographics)
+    use_bundle(bundles["lgbm_only"])  # LightGBM alone by design is fine
+    assert not inference.warm_up(sequence, demographics).uses_torch
+
+
+def test_a_pinned_digest_refuses_another_bundle(bundles, use_bundle, kaggle_test) -> None:
+    from cmi.bundle import load_bundle
+
+    digest = load_bundle(bundles["full"]).digest
+    use_bundle(bundles["full"], BUNDLE_DIGEST=digest)
+    assert inference.load().bundle.digest == digest
+    use_bundle(bundles["by_group"], BUNDLE_DIGEST=digest)
+    with pytest.raises(BundleError, match=f"is not the pinned {digest}"):
+        inference.load()
+    assert inference.predict(*_one(kaggle_test)) == inference.FALLBACK_GESTURE
+
+
+# ------------------------------------------------------------------ what the Kaggle path imports
+
+# Never on the Kaggle path: training code, blending/metrics (scikit-learn), the bundle builder.
+NOT_ON_KAGGLE_PATH = (
+    "cmi.bundle.builder",
+    "cmi.blend",
+    "cmi.metrics",
+    "cmi.folds",
+    "cmi.lgbm",
+    "cmi.nn.train",
+    "cmi.synth",
+    "cmi.checkpoint",
+    "cmi.submission",
+)
+HEAVY = ("sklearn", "tqdm", "dvc", "torch", "lightgbm", "scipy")
+
+
+def _fresh_python(code: str, **env: str) -> dict:
+    import os
+
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**{k: v for k, v in os.environ.items() if k not in ENV_VARS}, **env},
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_importing_inference_loads_nothing_heavy() -> None:
+    loaded = _fresh_python(
+        """
+        import json, sys
+        import cmi.inference
+        print(json.dumps(sorted(sys.modules)))
+        """
+    )
+    roots = {name.split(".")[0] for name in loaded}
+    assert not roots & set(HEAVY), sorted(roots & set(HEAVY))
+    assert not [m for m in loaded if m.startswith(NOT_ON_KAGGLE_PATH)]
+
+
+def test_a_prediction_needs_neither_sklearn_tqdm_dvc_nor_the_builder(bundles) -> None:
+    """Load, warm up and predict in an interpreter where scikit-learn, tqdm and DVC cannot be
+    imported at all (lightgbm and torch cope without them; cmi must too)."""
+    report = _fresh_python(
+        """
+        import json, sys
+        for name in ("sklearn", "tqdm", "dvc"):
+            sys.modules[name] = None  # "not installed": importing them raises ImportError
+        from cmi import inference
+        from cmi.probe import probe_demographics, probe_sequence
+        inference.load(strict=True)
+        warm = inference.warm_up()
+        answer = inference.predict(probe_sequence(), probe_demographics())
+        stats = inference.answer_stats()
+        print(json.dumps({
+            "answer": answer, "warm": warm.answers, "torch": warm.uses_torch,
+            "fallbacks": stats.fallbacks, "torch_failures": stats.torch_failures,
+            "modules": sorted(m for m, v in sys.modules.items() if v is not None),
+        }))
+        """,
+        MODEL_PATH=str(bundles["full"]),
+    )
+    assert report["answer"] in GESTURES and report["torch"]
+    assert report["fallbacks"] == 0 and report["torch_failures"] == 0
+    modules = report["modules"]
+    assert not [m for m in modules if m.startswith(NOT_ON_KAGGLE_PATH)]
+    assert not [m for m in modules if m.split(".")[0] in ("sklearn", "tqdm", "dvc")]
+    assert {"cmi.bundle.reader", "cmi.features", "cmi.nn.model", "lightgbm", "torch"} <= set(
+        modules
+    )

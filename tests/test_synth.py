@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from pipeline_helpers import REAL_SAMPLE
 
 from cmi.schema import (
     DEMOGRAPHICS_SCHEMA,
@@ -22,9 +21,6 @@ from cmi.schema import (
 )
 from cmi.synth import PRESETS, generate, subject_table, write_synthetic
 
-pytestmark = pytest.mark.real_sample
-
-REAL = REAL_SAMPLE
 REAL_FILES = {
     "train.csv": "train_sample.csv",
     "train_demographics.csv": "train_demographics.csv",
@@ -75,10 +71,9 @@ def sensors_null(columns: list[str] | tuple[str, ...]) -> pl.Expr:
 # --- schema -------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not REAL.exists(), reason="real sample not available")
 @pytest.mark.parametrize("name", list(REAL_FILES))
-def test_written_files_read_like_the_real_sample(files: dict, name: str) -> None:
-    real = pl.read_csv(REAL / REAL_FILES[name])
+def test_written_files_read_like_the_real_sample(real_sample, files: dict, name: str) -> None:
+    real = pl.read_csv(real_sample / REAL_FILES[name])
     assert list(files[name].schema.items()) == list(real.schema.items())
 
 

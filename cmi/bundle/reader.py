@@ -1,40 +1,34 @@
-"""The inference bundle: one self-describing, checksummed directory that never needs unpickling.
+"""Verify and load a bundle: the reader half, on the Kaggle path (no training code, no torch or
+lightgbm import until a part is actually loaded).
 
-Layout::
-
-    manifest.json                 format, classes, extract params, models, blend, versions,
-                                  sha256 + size of every other file
-    lgbm/fold_{k}.txt             LightGBM text models
-    torch/fold_{k}.safetensors    TimeSeriesNet state_dicts (optional part)
-
-``load_bundle`` verifies the format version and every checksum, refuses files the manifest
-does not list and anything with a pickle-like extension, and parses models only from the
-bytes it has just verified.
+``load_bundle`` checks, in order: the manifest's format and version, its seal (see
+``cmi.bundle.seal``: any edit to the manifest after it was built is refused, naming the key),
+optionally a pinned digest, that every file present is listed and nothing looks like a pickle,
+and each model file's sha256 before parsing it from the bytes it has just verified.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import logging
-import os
 import platform
-import shutil
-import tempfile
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from cmi.blend import BlendError, BlendWeights
-from cmi.io import read_json, sha256_file, write_json
+from cmi.bundle.seal import SealError, manifest_digest, verify_seal
+from cmi.io import read_json
 from cmi.params import ExtractParams
 from cmi.schema import GESTURES
+from cmi.weights import BlendError, BlendWeights
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cmi.bundle")
 
 FORMAT_NAME = "cmi-bundle"
-FORMAT_VERSION = 1
+# 2: the manifest carries a seal. Version 1 bundles (unsealed) are refused: rebuild them.
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 PARTS: tuple[str, ...] = ("lgbm", "torch")
 # Only these file types may be part of a bundle: both parse without executing anything.
@@ -110,10 +104,10 @@ class Bundle:
     def has_torch(self) -> bool:
         return self.torch is not None and bool(self.torch.folds)
 
-
-# --------------------------------------------------------------------------------------------
-# Building
-# --------------------------------------------------------------------------------------------
+    @property
+    def digest(self) -> str:
+        """The sealed manifest's digest (``sha256:<hex>``): names this exact bundle."""
+        return manifest_digest(self.manifest)
 
 
 def library_versions() -> dict[str, str]:
@@ -126,162 +120,18 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def _check_classes(classes: Any, source: Path) -> None:
+def check_classes(classes: Any, source: Path) -> None:
     if list(classes or []) != list(GESTURES):
         raise BundleError(f"{source}: 'classes' is not the 18 gestures in cmi.schema order")
 
 
-def _copy_lgbm(lgbm_dir: Path, staging: Path) -> dict[str, Any]:
-    meta_path = lgbm_dir / "meta.json"
-    if not meta_path.exists():
-        raise FileNotFoundError(f"{meta_path}: not found; run the lgbm stage first")
-    meta = read_json(meta_path)
-    _check_classes(meta.get("classes"), meta_path)
-    n_folds = int(meta["n_folds"])
-    best = list(meta.get("best_iterations") or [None] * n_folds)
-    folds = []
-    for k in range(n_folds):
-        source = lgbm_dir / f"fold_{k}.txt"
-        if not source.exists():
-            raise FileNotFoundError(f"{source}: LightGBM model of fold {k} not found")
-        rel = f"lgbm/fold_{k}.txt"
-        (staging / "lgbm").mkdir(exist_ok=True)
-        shutil.copyfile(source, staging / rel)
-        folds.append({"fold": k, "model": rel, "best_iteration": best[k]})
-    return {"n_folds": n_folds, "feature_names": list(meta["feature_names"]), "folds": folds}
-
-
-def _convert_torch(torch_dir: Path, staging: Path) -> dict[str, Any]:
-    import safetensors.torch
-
-    from cmi.nn.model import TimeSeriesNet, load_state_dict_file
-
-    meta_path = torch_dir / "meta.json"
-    meta = read_json(meta_path)
-    _check_classes(meta.get("classes"), meta_path)
-    architecture = dict(meta["architecture"])
-    probe = TimeSeriesNet(**architecture)
-    folds = []
-    (staging / "torch").mkdir(exist_ok=True)
-    for k in range(int(meta["n_folds"])):
-        weights = torch_dir / f"fold_{k}.pt"
-        scaler_path = torch_dir / f"fold_{k}_scaler.json"
-        for path in (weights, scaler_path):
-            if not path.exists():
-                raise FileNotFoundError(f"{path}: Torch file of fold {k} not found")
-        state = load_state_dict_file(weights)  # weights_only=True: never unpickles code
-        try:
-            probe.load_state_dict(state)  # strict: a mismatch fails now, not on Kaggle
-        except RuntimeError as err:
-            raise BundleError(f"{weights}: does not fit meta.json's architecture: {err}") from err
-        tensors = {name: t.detach().cpu().contiguous().clone() for name, t in state.items()}
-        rel = f"torch/fold_{k}.safetensors"
-        safetensors.torch.save_file(tensors, str(staging / rel))
-        scaler = read_json(scaler_path)
-        pad_len = int(scaler.get("pad_len", meta["pad_len"]))
-        folds.append({"fold": k, "weights": rel, "scaler": scaler, "pad_len": pad_len})
-    return {
-        "n_folds": len(folds),
-        "channels": list(meta["channels"]),
-        "pad_len": int(meta["pad_len"]),
-        "keep": str(meta["keep"]),
-        "architecture": architecture,
-        "folds": folds,
-    }
-
-
-def _file_table(staging: Path) -> dict[str, dict[str, Any]]:
-    table = {}
-    for path in sorted(p for p in staging.rglob("*") if p.is_file()):
-        rel = path.relative_to(staging).as_posix()
-        table[rel] = {
-            "sha256": sha256_file(path),
-            "size": path.stat().st_size,
-            "part": rel.split("/", 1)[0],
-        }
-    return table
-
-
-def build_manifest(
-    staging: Path,
-    lgbm: dict[str, Any],
-    torch: dict[str, Any] | None,
-    blend: BlendWeights,
-    extract: ExtractParams,
-) -> dict[str, Any]:
-    from cmi.params import section_dict
-
-    return {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "classes": list(GESTURES),
-        "extract": section_dict(extract),
-        "lgbm": lgbm,
-        "torch": torch,
-        "blend": blend.to_json(),
-        "versions": library_versions(),
-        "files": _file_table(staging),
-    }
-
-
-def _read_blend(path: Path | None, has_torch: bool) -> BlendWeights:
-    if not has_torch:
-        return BlendWeights({"lgbm": 1.0, "torch": 0.0}, None, "none")
-    if path is None or not Path(path).exists():
-        raise FileNotFoundError(f"{path}: blend weights not found; run the oof_blend stage first")
-    return BlendWeights.from_json(read_json(path), str(path))
-
-
-def swap_directory(staging: Path, target: Path) -> None:
-    """Replace ``target`` by ``staging`` (same parent): a reader sees the old or the new tree,
-    and a crash at worst leaves the old tree beside it under a hidden name."""
-    old = None
-    if target.exists() or target.is_symlink():
-        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(target, old)
-    os.replace(staging, target)
-    if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old)
-        else:
-            old.unlink()
-
-
-def build_bundle(
-    out_dir: Path,
-    lgbm_dir: Path,
-    torch_dir: Path | None,
-    blend_weights: Path | None,
-    extract: ExtractParams,
-) -> dict[str, Any]:
-    """Write the bundle to ``out_dir`` atomically; returns its manifest.
-
-    ``torch_dir=None`` (or one without meta.json) builds a LightGBM-only bundle.
-    """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        lgbm = _copy_lgbm(Path(lgbm_dir), staging)
-        has_torch = torch_dir is not None and (Path(torch_dir) / "meta.json").exists()
-        torch = _convert_torch(Path(torch_dir), staging) if has_torch else None
-        blend = _read_blend(blend_weights, has_torch)
-        manifest = build_manifest(staging, lgbm, torch, blend, extract)
-        write_json(manifest, staging / MANIFEST_NAME)
-        load_bundle(staging)  # never ship a bundle that does not load
-        swap_directory(staging, out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    return manifest
-
-
 # --------------------------------------------------------------------------------------------
-# Loading
+# The manifest and the file tree
 # --------------------------------------------------------------------------------------------
 
 
-def _read_manifest(root: Path) -> dict[str, Any]:
+def read_manifest(root: Path, expected_digest: str | None = None) -> dict[str, Any]:
+    """The verified manifest of the bundle at ``root``; BundleError names what failed."""
     if not root.is_dir():
         raise BundleError(f"{root}: bundle directory not found")
     path = root / MANIFEST_NAME
@@ -299,12 +149,21 @@ def _read_manifest(root: Path) -> dict[str, Any]:
             f"{path}: format_version {version!r} is not supported "
             f"(this cmi reads version {FORMAT_VERSION}); rebuild the bundle with this cmi"
         )
+    try:
+        digest = verify_seal(manifest)
+    except SealError as err:
+        raise BundleError(f"{path}: {err}") from err
+    if expected_digest is not None and digest != expected_digest:
+        raise BundleError(
+            f"{path}: bundle digest {digest} is not the pinned {expected_digest}; this is not "
+            "the bundle the submission was packaged with"
+        )
     for key in ("classes", "extract", "lgbm", "files", "blend"):
         if key not in manifest:
             raise BundleError(f"{path}: missing key {key!r}")
     if not isinstance(manifest["files"], dict):
         raise BundleError(f"{path}: 'files' must map paths to checksums")
-    _check_classes(manifest["classes"], path)
+    check_classes(manifest["classes"], path)
     return manifest
 
 
@@ -336,14 +195,24 @@ def _safe_relpath(rel: str, root: Path) -> Path:
 
 
 def _read_verified(path: Path, sha256: str, size: int) -> bytes:
-    import hashlib
-
     if not path.is_file():
         raise BundleError(f"{path}: listed in the manifest but missing")
     data = path.read_bytes()
     if len(data) != size or hashlib.sha256(data).hexdigest() != sha256:
         raise BundleError(f"{path}: checksum mismatch (the file was modified or corrupted)")
     return data
+
+
+def _entry(files: dict[str, Any], rel: str, root: Path) -> tuple[Path, str, int]:
+    if rel not in files:
+        raise BundleError(f"{root / MANIFEST_NAME}: {rel!r} is used but has no checksum entry")
+    info = files[rel]
+    return _safe_relpath(rel, root), str(info["sha256"]), int(info["size"])
+
+
+# --------------------------------------------------------------------------------------------
+# Model parts
+# --------------------------------------------------------------------------------------------
 
 
 def _load_safetensors(path: Path, data: bytes) -> dict[str, Any]:
@@ -362,13 +231,6 @@ def _load_booster(path: Path, data: bytes) -> Any:
         return lightgbm.Booster(model_str=data.decode("utf-8"))
     except (UnicodeDecodeError, lightgbm.basic.LightGBMError) as err:
         raise BundleError(f"{path}: not a LightGBM text model ({err})") from err
-
-
-def _entry(files: dict[str, Any], rel: str, root: Path) -> tuple[Path, str, int]:
-    if rel not in files:
-        raise BundleError(f"{root / MANIFEST_NAME}: {rel!r} is used but has no checksum entry")
-    info = files[rel]
-    return _safe_relpath(rel, root), str(info["sha256"]), int(info["size"])
 
 
 def _load_lgbm(root: Path, section: dict[str, Any], files: dict[str, Any]) -> LgbmPart:
@@ -425,14 +287,16 @@ def load_bundle(
     parts: Iterable[str] = PARTS,
     *,
     torch_in_memory: bool = True,
+    expected_digest: str | None = None,
 ) -> Bundle:
-    """Verify and load a bundle. Raises BundleError naming the offending file.
+    """Verify and load a bundle. Raises BundleError naming the offending file or key.
 
     ``parts`` limits which models are loaded (and whose files must be present); a bundle
-    without a Torch part loads as LightGBM-only.
+    without a Torch part loads as LightGBM-only. ``expected_digest`` (``sha256:<hex>``, as
+    the bundle stage prints it) refuses any other bundle, however valid.
     """
     root = Path(root)
-    manifest = _read_manifest(root)
+    manifest = read_manifest(root, expected_digest)
     files = manifest["files"]
     parts = tuple(parts)
     _check_tree(root, files)

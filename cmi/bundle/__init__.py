@@ -1,0 +1,47 @@
+"""The inference bundle: one sealed, self-describing directory that never needs unpickling.
+
+- ``cmi.bundle.reader`` verifies and loads a bundle (the Kaggle path);
+- ``cmi.bundle.builder`` writes one from the training stages' outputs (``build_bundle``);
+- ``cmi.bundle.seal`` is the manifest's seal (a digest over the manifest, which lists every
+  file's sha256).
+
+Importing ``cmi.bundle`` gives the reader's names only: the builder is imported by those who
+build (``from cmi.bundle.builder import build_bundle``), never by inference.
+"""
+
+from cmi.bundle.reader import (
+    ALLOWED_SUFFIXES,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    PARTS,
+    PICKLE_SUFFIXES,
+    Bundle,
+    BundleError,
+    LgbmPart,
+    TorchFold,
+    TorchPart,
+    library_versions,
+    load_bundle,
+    read_manifest,
+)
+from cmi.bundle.seal import SealError, manifest_digest
+
+__all__ = [
+    "ALLOWED_SUFFIXES",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "MANIFEST_NAME",
+    "PARTS",
+    "PICKLE_SUFFIXES",
+    "Bundle",
+    "BundleError",
+    "LgbmPart",
+    "SealError",
+    "TorchFold",
+    "TorchPart",
+    "library_versions",
+    "load_bundle",
+    "manifest_digest",
+    "read_manifest",
+]
