@@ -20,9 +20,52 @@ import numpy as np
 import polars as pl
 
 from cmi.metrics import competition_scores, proba_matrix
+from cmi.schema import PROBA_COLUMNS
 
 VIEWS: tuple[str, ...] = ("full", "imu_only")
 OOF_KEY: tuple[str, ...] = ("sequence_id", "view")
+OOF_COLUMNS: tuple[str, ...] = ("sequence_id", "fold", "y_true", "sensor_group", "view")
+
+
+def check_oof(oof: pl.DataFrame, name: str = "OOF") -> None:
+    """Raise ValueError (naming ``name``, the column and a sequence) unless ``oof`` keeps the
+    contract: its columns, known views, one row per (sequence_id, view), both views for a
+    full-sensor sequence, only ``imu_only`` for a natively IMU-only one, one fold / label /
+    sensor group per sequence, finite probabilities."""
+    missing = [c for c in (*OOF_COLUMNS, *PROBA_COLUMNS) if c not in oof.columns]
+    if missing:
+        raise ValueError(f"{name}: missing column(s) {missing[:6]}")
+
+    def first(condition: pl.Expr, what: str) -> None:
+        bad = oof.filter(condition)
+        if bad.height:
+            row = bad.row(0, named=True)
+            raise ValueError(
+                f"{name}: {what} (sequence {row['sequence_id']!r}, view {row['view']!r})"
+            )
+
+    first(~pl.col("view").is_in(VIEWS) | pl.col("view").is_null(), f"column view not in {VIEWS}")
+    groups = ~pl.col("sensor_group").is_in(VIEWS) | pl.col("sensor_group").is_null()
+    first(groups, f"column sensor_group not in {VIEWS}")
+    first(pl.struct(OOF_KEY).is_duplicated(), "duplicate (sequence_id, view) row")
+    per_sequence = pl.len().over("sequence_id")
+    first(
+        (pl.col("sensor_group") == "imu_only") & (pl.col("view") == "full"),
+        "a natively IMU-only sequence has a 'full' view row",
+    )
+    first(
+        (pl.col("sensor_group") == "full") & (per_sequence != len(VIEWS)),
+        "a full-sensor sequence lacks one of its two views",
+    )
+    for column in ("fold", "y_true", "sensor_group"):
+        first(pl.col(column).n_unique().over("sequence_id") > 1, f"column {column} differs by view")
+    finite = np.isfinite(proba_matrix(oof)).all(axis=1)
+    if not finite.all():
+        row = oof.row(int(np.argmin(finite)), named=True)
+        raise ValueError(
+            f"{name}: non-finite probability (sequence {row['sequence_id']!r}, "
+            f"view {row['view']!r})"
+        )
 
 
 def check_share(imu_only_share: float) -> float:
@@ -41,7 +84,7 @@ def view_weights(views: np.ndarray, imu_only_share: float) -> np.ndarray:
     full = views == "full"
     unknown = ~(imu | full)
     if unknown.any():
-        raise ValueError(f"OOF: unknown view {views[unknown][0]!r} (expected one of {VIEWS})")
+        raise ValueError(f"OOF: unknown view {str(views[unknown][0])!r} (expected one of {VIEWS})")
     if not imu.any():
         share = 0.0
     elif not full.any():
@@ -72,7 +115,11 @@ def view_scores(
     for view in VIEWS:
         rows = views == view
         out[view] = _scored(truth[rows], pred[rows])
-    out["test_like"] = _scored(truth, pred, view_weights(views, imu_only_share))
+    weights = view_weights(views, imu_only_share)
+    # Rows of a view given no weight (share 0 or 1) leave the pool: their labels would
+    # otherwise still enter the macro average (as scikit-learn counts zero-weight labels).
+    pooled = weights > 0
+    out["test_like"] = _scored(truth[pooled], pred[pooled], weights[pooled])
     return out
 
 

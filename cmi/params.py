@@ -38,6 +38,8 @@ class LgbmParams:
     bagging_freq: int = 1
     lambda_l2: float = 1.0
     early_stopping_rounds: int = 50
+    # After early stopping on the inner fold, retrain on every training fold for that many rounds.
+    refit_full: bool = True
     modality_dropout: float = 0.3
     n_jobs: int = 2
     seed: int = 42

@@ -1,7 +1,10 @@
-"""DVC stage `lgbm`: one LightGBM model per fold, out-of-fold probabilities, metrics.
+"""DVC stage `lgbm`: one LightGBM model per fold, out-of-fold probabilities in views, metrics.
 
 Finished folds are checkpointed under checkpoints/lgbm/<fingerprint>/, so a killed run resumes
-at the first unfinished fold.
+at the first unfinished fold. Metrics and curves go through dvclive (dvclive/lgbm/): after
+each fold its test_like score is in dvclive/lgbm/metrics.json and its inner-fold logloss curve
+in dvclive/lgbm/plots/custom/, so `dvc exp show`, `dvc plots` and the VS Code extension see a
+run progress; the final metrics.json holds the `full`, `imu_only` and `test_like` scores.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import polars as pl
+from dvclive import Live
 
 from cmi import lgbm
+from cmi.evaluation import per_fold_test_like, view_scores
 from cmi.io import write_json, write_parquet, write_text, write_with
-from cmi.metrics import summarize_oof
 from cmi.params import Params, load_params
 from cmi.paths import ProjectPaths
 
@@ -71,10 +75,51 @@ def _write_models(
     write_with(out / "feature_importance.csv", lambda tmp: importance.write_csv(tmp))
 
 
+def _fold_logger(
+    live: Live, data: lgbm.TrainingSet, imu_only_share: float
+) -> Callable[[lgbm.FoldResult], None]:
+    """After each fold: its test_like score and inner logloss curve, written at once."""
+
+    def log_fold(result: lgbm.FoldResult) -> None:
+        scores = view_scores(lgbm.fold_oof_frame(data, result), imu_only_share)
+        live.log_metric(
+            f"per_fold_test_like/{result.fold}", scores["test_like"]["score"], plot=False
+        )
+        if result.inner_logloss:
+            curve = [
+                {"iteration": i + 1, "inner_logloss": value}
+                for i, value in enumerate(result.inner_logloss)
+            ]
+            live.log_plot(
+                f"inner_logloss_fold_{result.fold}", curve, x="iteration", y="inner_logloss"
+            )
+        live.make_summary()
+
+    return log_fold
+
+
+def stage_metrics(
+    oof: pl.DataFrame, results: Sequence[lgbm.FoldResult], imu_only_share: float, wall: float
+) -> dict:
+    """dvclive/lgbm/metrics.json: ``score`` (= test_like, what `dvc exp show` sorts on), the
+    three views, per-fold test_like and the rounds each fold's model was given."""
+    scores = view_scores(oof, imu_only_share)
+    return {
+        "score": scores["test_like"]["score"],
+        **scores,
+        "per_fold_test_like": per_fold_test_like(oof, imu_only_share),
+        "best_iterations": [r.best_iteration for r in results],
+        "imu_only_share": imu_only_share,
+        "n_sequences": oof["sequence_id"].n_unique(),
+        "wall_time_s": round(wall, 2),
+    }
+
+
 def main(root: Path = Path(".")) -> None:
     started = time.perf_counter()
     paths = ProjectPaths(root)
     params = load_params(paths.params)
+    share = params.eval.imu_only_share
     sequences, sequence_features, folds = _read_inputs(paths)
     data = lgbm.build_training_set(sequences, sequence_features, folds)
     if data.n_folds != params.cv.n_splits:
@@ -94,22 +139,34 @@ def main(root: Path = Path(".")) -> None:
         data.n_folds,
         store.root,
     )
-    results = lgbm.run_cv(data, params.lgbm, store, on_fold_start=_slow_fold_hook())
-    oof = lgbm.oof_frame(data, results)
-
-    _write_models(paths, data, results, params)
-    write_parquet(oof, paths.oof("lgbm"))
-    metrics = summarize_oof(oof)
-    metrics["best_iterations"] = [r.best_iteration for r in results]
-    metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
-    write_json(metrics, paths.metrics("lgbm"))
+    # Inside `dvc repro` / `dvc exp run` dvclive never makes an experiment of its own, and
+    # dvc.yaml (not dvclive) declares the metrics and plots.
+    with Live(dir=str(paths.live_dir("lgbm")), save_dvc_exp=False, dvcyaml=None) as live:
+        results = lgbm.run_cv(
+            data,
+            params.lgbm,
+            store,
+            on_fold_start=_slow_fold_hook(),
+            imu_only_share=share,
+            on_fold_end=_fold_logger(live, data, share),
+        )
+        oof = lgbm.oof_frame(data, results)
+        _write_models(paths, data, results, params)
+        write_parquet(oof, paths.oof("lgbm"))
+        metrics = stage_metrics(oof, results, share, time.perf_counter() - started)
+        # The final summary replaces what the folds logged (the same per-fold keys, in order).
+        live.summary.clear()
+        live.summary.update(metrics)
     for old in store.prune_others():
         log.info("removed stale checkpoints %s", old)
     log.info(
-        "OOF score %.4f (binary F1 %.4f, macro F1 %.4f) in %.1fs; reused folds %s",
-        metrics["score"],
-        metrics["binary_f1"],
-        metrics["macro_f1"],
+        "OOF test_like %.4f (binary F1 %.4f, macro F1 %.4f); full %.4f, imu_only %.4f; "
+        "%.1fs; reused folds %s",
+        metrics["test_like"]["score"],
+        metrics["test_like"]["binary_f1"],
+        metrics["test_like"]["macro_f1"],
+        metrics["full"]["score"],
+        metrics["imu_only"]["score"],
         metrics["wall_time_s"],
         [r.fold for r in results if r.reused],
     )

@@ -1,4 +1,5 @@
-"""LightGBM per-fold training, modality dropout, OOF format, checkpoints and resume."""
+"""LightGBM per-fold training, modality dropout, the IMU-only view, honest selection, OOF in
+views, checkpoints and resume."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
+import lightgbm as lgb
 import numpy as np
 import polars as pl
 import pytest
@@ -27,8 +29,10 @@ from cmi.checkpoint import (
     write_json_file,
     write_text_file,
 )
+from cmi.evaluation import OOF_COLUMNS, check_oof, view_scores
+from cmi.features import compute_features, prepare_sensor_frame
 from cmi.io import read_json, write_parquet
-from cmi.params import CVParams, LgbmParams, Params, section_dict
+from cmi.params import CVParams, EvalParams, ExtractParams, LgbmParams, Params, section_dict
 from cmi.paths import ProjectPaths
 from cmi.schema import GESTURES, N_CLASSES, PROBA_COLUMNS
 
@@ -174,13 +178,14 @@ def test_absent_class_in_training_fold_keeps_global_class_order() -> None:
     assert (N_CLASSES - 1) not in set(data.y[data.train_rows(0)])
     result = lgbm.train_fold(data, 0, SMALL)
     valid = data.valid_rows(0)
-    assert result.valid_proba.shape == (len(valid), N_CLASSES)
-    np.testing.assert_allclose(result.valid_proba.sum(axis=1), 1.0)
+    for proba in (result.proba_recorded, result.proba_imu_only):
+        assert proba.shape == (len(valid), N_CLASSES)
+        np.testing.assert_allclose(proba.sum(axis=1), 1.0)
     # Separable classes: argmax right for every class the model saw proves the column order.
     seen = data.y[valid] != N_CLASSES - 1
-    accuracy = (result.valid_proba[seen].argmax(axis=1) == data.y[valid][seen]).mean()
+    accuracy = (result.proba_recorded[seen].argmax(axis=1) == data.y[valid][seen]).mean()
     assert accuracy > 0.8
-    assert result.valid_proba[:, N_CLASSES - 1].max() < 0.05  # never trained on: tiny proba
+    assert result.proba_recorded[:, N_CLASSES - 1].max() < 0.05  # never trained on: tiny proba
     assert "num_class=18" in result.model_text
 
 
@@ -189,21 +194,94 @@ def test_train_fold_is_deterministic_and_early_stops() -> None:
     first = lgbm.train_fold(data, 1, SMALL)
     second = lgbm.train_fold(data, 1, SMALL)
     assert first.model_text == second.model_text
-    np.testing.assert_array_equal(first.valid_proba, second.valid_proba)
+    np.testing.assert_array_equal(first.proba_recorded, second.proba_recorded)
+    np.testing.assert_array_equal(first.proba_imu_only, second.proba_imu_only)
     assert 1 <= first.best_iteration <= SMALL.n_estimators
+    # The inner curve runs early_stopping_rounds past the chosen round (or to n_estimators).
+    curve = first.inner_logloss
+    assert len(curve) in (first.best_iteration + SMALL.early_stopping_rounds, SMALL.n_estimators)
+    assert int(np.argmin(curve)) + 1 == first.best_iteration
+    # The refit model is shipped with exactly the chosen number of rounds.
+    assert _rounds(first.model_text) == first.best_iteration
     no_stop = lgbm.train_fold(data, 1, replace(SMALL, early_stopping_rounds=0, n_estimators=5))
-    assert no_stop.best_iteration == 5
+    assert no_stop.best_iteration == 5 and _rounds(no_stop.model_text) == 5
+    assert no_stop.inner_logloss == ()
+
+
+def _rounds(model_text: str) -> int:
+    return lgb.Booster(model_str=model_text).current_iteration()
+
+
+def test_refit_off_ships_the_early_stopped_inner_model() -> None:
+    data = _fake_data()
+    refit = lgbm.train_fold(data, 1, SMALL)
+    inner_only = lgbm.train_fold(data, 1, replace(SMALL, refit_full=False))
+    assert inner_only.best_iteration == refit.best_iteration  # the same selection ...
+    assert _rounds(inner_only.model_text) == inner_only.best_iteration
+    assert inner_only.model_text != refit.model_text  # ... but trained on fewer folds
+
+
+def test_inner_fold_is_the_next_fold_and_needs_three_folds() -> None:
+    assert [lgbm.inner_fold(k, 5) for k in range(5)] == [1, 2, 3, 4, 0]
+    with pytest.raises(ValueError, match=r"cv\.n_splits >= 3.*early_stopping_rounds: 0"):
+        lgbm.inner_fold(0, 2)
+    data = _fake_data(n_folds=2)
+    with pytest.raises(ValueError, match=r"cv\.n_splits >= 3"):
+        lgbm.run_cv(data, SMALL)
+    fixed = lgbm.run_cv(data, replace(SMALL, early_stopping_rounds=0, n_estimators=3))
+    assert [r.best_iteration for r in fixed] == [3, 3]
+
+
+def test_both_views_adds_the_imu_only_view_of_full_rows_weighted_by_share() -> None:
+    data = _fake_data()
+    rows = data.valid_rows(2)
+    full = rows[data.sensor_group[rows] == "full"]
+    x, y, weights = lgbm.both_views(data, rows, imu_only_share=0.5)
+    assert len(x) == len(y) == len(weights) == len(rows) + len(full)
+    np.testing.assert_array_equal(x[: len(rows)], data.x[rows])
+    view = x[len(rows) :]
+    assert np.isnan(view[:, data.modality_columns]).all()
+    np.testing.assert_array_equal(
+        view[:, ~data.modality_columns], data.x[full][:, ~data.modality_columns]
+    )
+    np.testing.assert_array_equal(y, np.concatenate([data.y[rows], data.y[full]]))
+    n_imu = len(rows) - len(full) + len(full)  # native IMU-only rows + the views of full rows
+    is_full = np.r_[data.sensor_group[rows] == "full", np.zeros(len(full), bool)]
+    assert weights[is_full].sum() == pytest.approx(weights[~is_full].sum())  # 0.5 each
+    assert (~is_full).sum() == n_imu
+    assert weights.mean() == pytest.approx(1.0)
 
 
 def test_oof_frame_contract() -> None:
     data = _fake_data()
     results = lgbm.run_cv(data, SMALL)
     oof = lgbm.oof_frame(data, results)
-    assert oof.columns == ["sequence_id", "fold", "y_true", "sensor_group", *PROBA_COLUMNS]
+    check_oof(oof, "lgbm OOF")  # the shared contract: views, keys, finite probabilities
+    assert oof.columns == [*OOF_COLUMNS, *PROBA_COLUMNS]
     assert oof.schema["fold"] == pl.Int32 and oof.schema["y_true"] == pl.Int32
     assert all(oof.schema[c] == pl.Float64 for c in PROBA_COLUMNS)
-    assert oof["sequence_id"].to_list() == data.sequence_ids
+    # Both views of every full-sensor sequence, the IMU-only view of every sequence.
+    n_full = int((data.sensor_group == "full").sum())
+    assert oof.height == len(data.sequence_ids) + n_full
+    assert (oof["view"] == "imu_only").sum() == len(data.sequence_ids)
+    assert oof.select("sequence_id", "view").rows() == sorted(
+        oof.select("sequence_id", "view").rows()
+    )
+    native_imu = oof.filter(pl.col("sensor_group") == "imu_only")
+    assert (native_imu["view"] == "imu_only").all()
     np.testing.assert_allclose(oof.select(PROBA_COLUMNS).to_numpy().sum(axis=1), 1.0)
+    # The imu_only row of a full sequence is the model's answer to its masked features.
+    result = results[0]
+    booster = lgb.Booster(model_str=result.model_text)
+    row = int(np.flatnonzero(data.sensor_group[data.valid_rows(0)] == "full")[0])
+    index = data.valid_rows(0)[row]
+    masked = lgbm.imu_only_view(data.x[[index]], data.modality_columns)
+    got = oof.filter(
+        (pl.col("sequence_id") == data.sequence_ids[index]) & (pl.col("view") == "imu_only")
+    )
+    np.testing.assert_allclose(
+        got.select(PROBA_COLUMNS).to_numpy(), lgbm.predict_proba(booster, masked)
+    )
     importance = lgbm.importance_frame(data.feature_names, results)
     assert importance.columns[:2] == ["feature", "gain"]
     assert sorted(importance["feature"].to_list()) == sorted(FEATURES)
@@ -211,6 +289,34 @@ def test_oof_frame_contract() -> None:
     assert meta["classes"] == list(GESTURES) and meta["num_class"] == 18
     assert meta["feature_names"] == FEATURES and meta["n_folds"] == 3
     assert meta["modality_features"] == MODALITY_FEATURES
+
+
+def test_imu_only_view_is_what_the_feature_path_gives_nulled_raw_data(tiny_raw_dir: Path) -> None:
+    """The IMU-only view (recorded features, thm/tof features nulled) equals the features the
+    real path computes when every thm/ToF value of the raw rows is null, as the hidden test
+    presents its IMU-only sequences."""
+    train = pl.read_csv(tiny_raw_dir / "train.csv", infer_schema_length=None)
+    demographics = pl.read_csv(tiny_raw_dir / "train_demographics.csv")
+    first_ids = train["sequence_id"].unique(maintain_order=True).head(12)
+    raw = train.filter(pl.col("sequence_id").is_in(first_ids.implode()))
+    params = ExtractParams()
+    recorded = compute_features(prepare_sensor_frame(raw), demographics, params)
+    assert (recorded.sequences["sensor_group"] == "full").any()
+    modality_raw = [c for c in raw.columns if c.startswith(("thm_", "tof_"))]
+    nulled_raw = raw.with_columns(pl.lit(None, dtype=raw.schema[c]).alias(c) for c in modality_raw)
+    nulled = compute_features(prepare_sensor_frame(nulled_raw), demographics, params)
+    assert (nulled.sequences["sensor_group"] == "imu_only").all()
+
+    names = recorded.sequence_features.columns[1:]
+    assert nulled.sequence_features.columns == recorded.sequence_features.columns
+    mask = lgbm.modality_mask(names)
+    assert mask.any() and not mask.all()
+    x_recorded = recorded.sequence_features.select(names).to_numpy().astype(np.float32)
+    x_nulled = nulled.sequence_features.select(names).to_numpy().astype(np.float32)
+    # Exactly equal, NaN where null (assert_array_equal treats NaN == NaN).
+    np.testing.assert_array_equal(lgbm.imu_only_view(x_recorded, mask), x_nulled)
+    assert np.isnan(x_nulled[:, mask]).all()
+    assert not np.isnan(x_recorded[:, mask]).all()  # the recorded view did have thm/tof
 
 
 def _write_inputs(root: Path, frames) -> list[Path]:
@@ -231,6 +337,9 @@ def test_fingerprint_changes_with_params_and_inputs(tmp_path: Path) -> None:
         key != lgbm.checkpoint_store(base, files, replace(params, lgbm=replace(SMALL, seed=1))).key
     )
     assert key != lgbm.checkpoint_store(base, files, replace(params, cv=CVParams(seed=1))).key
+    # eval.imu_only_share weighs the views of the early-stopping metric.
+    other_share = replace(params, eval=EvalParams(imu_only_share=0.3))
+    assert key != lgbm.checkpoint_store(base, files, other_share).key
     # Sections the stage does not read do not matter.
     other = replace(params, torch=replace(params.torch, epochs=99))
     assert key == lgbm.checkpoint_store(base, files, other).key
@@ -257,7 +366,9 @@ def test_run_cv_reuses_checkpoints_and_retrains_corrupt_ones(
     assert "fold 1: checkpoint unusable, retraining" in caplog.text
     for a, b in zip(first, second, strict=True):
         assert a.model_text == b.model_text
-        np.testing.assert_array_equal(a.valid_proba, b.valid_proba)
+        np.testing.assert_array_equal(a.proba_recorded, b.proba_recorded)
+        np.testing.assert_array_equal(a.proba_imu_only, b.proba_imu_only)
+        assert a.inner_logloss == b.inner_logloss
     assert lgbm.oof_frame(data, first).equals(lgbm.oof_frame(data, second))
 
 
@@ -279,18 +390,25 @@ def _load_stage_module(script: str) -> ModuleType:
     return module
 
 
+def _fake_project(root: Path, frames, lgbm_params: LgbmParams = SMALL) -> ProjectPaths:
+    paths = ProjectPaths(root)
+    sequences, features, folds = frames
+    write_parquet(sequences, paths.sequences)
+    write_parquet(features, paths.sequence_features)
+    write_parquet(folds, paths.folds)
+    params = {"cv": {"n_splits": 3}, "lgbm": section_dict(lgbm_params)}
+    paths.params.write_text(yaml.safe_dump(params))
+    return paths
+
+
 def test_stage_main_on_fake_project(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     train_lgbm = _load_stage_module("train_lgbm.py")  # main() in-process: fast, no subprocess
-    paths = ProjectPaths(tmp_path)
-    sequences, features, folds = _fake_frames()
-    for frame, path in ((sequences, paths.sequences), (features, paths.sequence_features)):
-        write_parquet(frame, path)
-    write_parquet(folds, paths.folds)
-    params = {"cv": {"n_splits": 3}, "lgbm": section_dict(SMALL)}
-    paths.params.write_text(yaml.safe_dump(params))
+    frames = _fake_frames()
+    paths = _fake_project(tmp_path, frames)
     train_lgbm.main(tmp_path)
     oof = pl.read_parquet(paths.oof("lgbm"))
-    assert oof.height == sequences.height
+    check_oof(oof, "lgbm OOF")
+    assert oof["sequence_id"].n_unique() == frames[0].height
     assert sorted(p.name for p in paths.lgbm_dir.iterdir()) == [
         "feature_importance.csv",
         "fold_0.txt",
@@ -298,14 +416,75 @@ def test_stage_main_on_fake_project(tmp_path: Path, caplog: pytest.LogCaptureFix
         "fold_2.txt",
         "meta.json",
     ]
+    metrics = read_json(paths.live_dir("lgbm") / "metrics.json")
+    assert metrics["score"] == metrics["test_like"]["score"]
+    assert metrics == {**metrics, **view_scores(oof, 0.5)}  # full / imu_only / test_like
+    assert set(metrics["per_fold_test_like"]) == {"0", "1", "2"}
+    curves = sorted(p.name for p in (paths.live_dir("lgbm") / "plots" / "custom").iterdir())
+    assert curves == [f"inner_logloss_fold_{k}.json" for k in range(3)]
+    curve = read_json(paths.live_dir("lgbm") / "plots" / "custom" / curves[0])
+    assert curve[0]["iteration"] == 1 and curve[0]["inner_logloss"] > 0
+    assert not (tmp_path / "dvc.yaml").exists()  # dvclive must not write pipeline config
     with caplog.at_level(logging.INFO):
         train_lgbm.main(tmp_path)
     assert caplog.text.count("reusing checkpoint") == 3
     assert pl.read_parquet(paths.oof("lgbm")).equals(oof)
+    again = read_json(paths.live_dir("lgbm") / "metrics.json")
+    assert {k: v for k, v in again.items() if k != "wall_time_s"} == {
+        k: v for k, v in metrics.items() if k != "wall_time_s"
+    }
+    params = yaml.safe_load(paths.params.read_text())
     params["cv"]["n_splits"] = 5
     paths.params.write_text(yaml.safe_dump(params))
     with pytest.raises(ValueError, match=r"3 folds but cv\.n_splits=5"):
         train_lgbm.main(tmp_path)
+
+
+@pytest.mark.parametrize("refit_full", [True, False])
+def test_shuffled_labels_of_fold_k_leave_fold_k_model_byte_identical(
+    tmp_path: Path, refit_full: bool
+) -> None:
+    """Honest selection: nothing about fold k's validation rows but their features reaches
+    fold k's model (no early stopping on them). The other folds train on fold k, so their
+    models must change: that shows the shuffle did reach the training data."""
+    train_lgbm = _load_stage_module("train_lgbm.py")
+    params = replace(SMALL, refit_full=refit_full)
+    sequences, features, folds = _fake_frames()
+    scored = 1
+    in_fold = folds.filter(pl.col("fold") == scored)["sequence_id"]
+    rows = sequences["sequence_id"].is_in(in_fold.implode()).to_numpy()
+    labels = sequences["label"].to_numpy().copy()
+    rng = np.random.default_rng(7)
+    labels[rows] = rng.permutation(labels[rows])
+    assert (labels != sequences["label"].to_numpy()).sum() > rows.sum() // 2
+    shuffled = sequences.with_columns(pl.Series("label", labels, dtype=pl.Int32))
+
+    original = _fake_project(tmp_path / "original", (sequences, features, folds), params)
+    relabeled = _fake_project(tmp_path / "shuffled", (shuffled, features, folds), params)
+    train_lgbm.main(original.root)
+    train_lgbm.main(relabeled.root)
+    model = f"fold_{scored}.txt"
+    assert (relabeled.lgbm_dir / model).read_bytes() == (original.lgbm_dir / model).read_bytes()
+    for other in {0, 1, 2} - {scored}:
+        name = f"fold_{other}.txt"
+        assert (relabeled.lgbm_dir / name).read_bytes() != (original.lgbm_dir / name).read_bytes()
+    # Fold k's predictions are the same; only its scores moved with the labels.
+    key = ["sequence_id", "view"]
+    a = pl.read_parquet(original.oof("lgbm")).filter(pl.col("fold") == scored).sort(key)
+    b = pl.read_parquet(relabeled.oof("lgbm")).filter(pl.col("fold") == scored).sort(key)
+    assert a.select(PROBA_COLUMNS).equals(b.select(PROBA_COLUMNS))
+    assert not a["y_true"].equals(b["y_true"])
+
+
+def test_dvc_yaml_lgbm_stage_matches_the_code(tmp_path: Path) -> None:
+    """deps cover the code the checkpoint fingerprint hashes; params are the sections read;
+    the metrics file is dvclive's; dvclive's plots are declared."""
+    stage = yaml.safe_load((STAGES_DIR.parent / "dvc.yaml").read_text())["stages"]["lgbm"]
+    assert set(lgbm.code_dependencies()) <= set(stage["deps"])
+    assert set(stage["params"]) == {"cv", "lgbm", "eval"}
+    live = ProjectPaths(Path(".")).live_dir("lgbm")
+    assert [next(iter(m)) for m in stage["metrics"]] == [str(live / "metrics.json")]
+    assert str(live / "plots" / "custom") in [next(iter(p)) for p in stage["plots"]]
 
 
 # ---------------------------------------------------------------- cmi.checkpoint
@@ -384,21 +563,28 @@ def test_stage_writes_every_output(lgbm_project: Path) -> None:
         assert (root / f"models/lgbm/fold_{k}.txt").read_text().startswith("tree")
     importance = pl.read_csv(root / "models/lgbm/feature_importance.csv")
     assert sorted(importance["feature"].to_list()) == sorted(meta["feature_names"])
-    metrics = read_json(root / "metrics/lgbm.json")
-    for key in ("score", "binary_f1", "macro_f1", "per_fold", "per_sensor_group"):
-        assert key in metrics
+    metrics = read_json(root / "dvclive/lgbm/metrics.json")
+    for view in ("full", "imu_only", "test_like"):
+        assert set(metrics[view]) == {"score", "binary_f1", "macro_f1", "n_rows"}
+        assert 0 <= metrics[view]["score"] <= 1
+    assert metrics["score"] == metrics["test_like"]["score"]
+    assert set(metrics["per_fold_test_like"]) == {str(k) for k in range(n_splits)}
     assert metrics["best_iterations"] == meta["best_iterations"]
     assert metrics["wall_time_s"] > 0
     assert not list(root.rglob("*.pkl")) and not list(root.rglob("*.joblib"))
 
 
-def test_stage_oof_covers_every_sequence_once(lgbm_project: Path) -> None:
+def test_stage_oof_covers_every_sequence_in_its_views(lgbm_project: Path) -> None:
     root = lgbm_project
     oof = pl.read_parquet(root / "data/oof/lgbm.parquet")
     sequences = pl.read_parquet(root / "data/features/sequences.parquet")
     folds = pl.read_parquet(root / "data/folds/folds.parquet")
-    assert oof.columns == ["sequence_id", "fold", "y_true", "sensor_group", *PROBA_COLUMNS]
-    assert oof["sequence_id"].n_unique() == oof.height == sequences.height
+    check_oof(oof, "data/oof/lgbm.parquet")
+    assert oof.columns == [*OOF_COLUMNS, *PROBA_COLUMNS]
+    # One imu_only row per sequence, plus a full row per full-sensor sequence.
+    n_full = (sequences["sensor_group"] == "full").sum()
+    assert oof.height == sequences.height + n_full
+    assert oof.filter(pl.col("view") == "imu_only").height == sequences.height
     assert set(oof["sequence_id"]) == set(sequences["sequence_id"])
     np.testing.assert_allclose(oof.select(PROBA_COLUMNS).to_numpy().sum(axis=1), 1.0)
     joined = oof.join(sequences, on="sequence_id").join(folds, on="sequence_id", suffix="_f")

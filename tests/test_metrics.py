@@ -6,8 +6,15 @@ import numpy as np
 import polars as pl
 import pytest
 
-from cmi.metrics import competition_score, competition_scores, summarize_oof
-from cmi.schema import GESTURES, N_CLASSES, NON_TARGET_GESTURES, PROBA_COLUMNS, TARGET_GESTURES
+from cmi.metrics import N_TARGETS, competition_score, competition_scores, summarize_oof
+from cmi.schema import (
+    GESTURES,
+    N_CLASSES,
+    NON_TARGET_GESTURES,
+    PROBA_COLUMNS,
+    TARGET_GESTURES,
+    TARGET_INDICES,
+)
 
 T0, T1, T2 = TARGET_GESTURES[:3]
 N0, N1, N2 = NON_TARGET_GESTURES[:3]
@@ -118,3 +125,49 @@ def test_summarize_oof_overall_per_fold_and_per_group() -> None:
     assert summary["per_fold"]["0"]["score"] == pytest.approx(0.5 * 2 / 3 + 0.5 / 3)
     assert summary["per_sensor_group"]["full"]["score"] == pytest.approx(1.0)
     assert summary["per_sensor_group"]["imu_only"]["n_sequences"] == 2
+
+
+def _sklearn_scores(truth: np.ndarray, pred: np.ndarray, weight: np.ndarray | None) -> dict:
+    """The competition's definition, spelled with scikit-learn (the reference)."""
+    from sklearn.metrics import f1_score
+
+    targets = set(range(len(TARGET_GESTURES)))
+    binary = f1_score(
+        [t in targets for t in truth],
+        [p in targets for p in pred],
+        zero_division=0,
+        sample_weight=weight,
+    )
+    collapse = [g if g in targets else -1 for g in truth], [g if g in targets else -1 for g in pred]
+    macro = f1_score(*collapse, average="macro", zero_division=0, sample_weight=weight)
+    return {"score": 0.5 * binary + 0.5 * macro, "binary_f1": binary, "macro_f1": macro}
+
+
+def test_targets_come_first_in_the_class_order() -> None:
+    assert frozenset(range(N_TARGETS)) == TARGET_INDICES
+    assert GESTURES[:N_TARGETS] == TARGET_GESTURES
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_numpy_metric_matches_scikit_learn_with_and_without_weights(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 60))
+    # Few classes now and then, so labels absent from truth or prediction are exercised.
+    classes = rng.choice(N_CLASSES, size=int(rng.integers(1, N_CLASSES + 1)), replace=False)
+    truth = rng.choice(classes, n)
+    pred = np.where(rng.random(n) < 0.6, truth, rng.choice(classes, n))
+    weights = [None, rng.random(n), np.where(rng.random(n) < 0.3, 0.0, 1.0)]
+    for weight in weights:
+        ours = competition_scores(truth, pred, sample_weight=weight)
+        reference = _sklearn_scores(truth, pred, weight)
+        for key in ("score", "binary_f1", "macro_f1"):
+            assert ours[key] == pytest.approx(reference[key], abs=1e-12), (key, weight)
+
+
+def test_sample_weights_reweigh_rows() -> None:
+    # Row weights 3:1 on the same labels equal repeating the first row three times.
+    truth, pred = [T0, T1, N0], [T0, T0, N0]
+    weighted = competition_scores(truth, pred, sample_weight=np.array([3.0, 1.0, 1.0]))
+    assert weighted == pytest.approx(competition_scores([T0] * 3 + truth[1:], [T0] * 3 + pred[1:]))
+    with pytest.raises(ValueError, match="2 sample weights for 3 labels"):
+        competition_scores(truth, pred, sample_weight=np.ones(2))

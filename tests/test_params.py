@@ -26,3 +26,20 @@ def test_ints_become_floats_where_floats_are_expected() -> None:
     params = params_from_dict({"ensemble": {"w_torch": 1}})
     assert isinstance(params.ensemble.w_torch, float)
     assert section_dict(params.ensemble)["w_torch"] == 1.0
+
+
+def test_dataclass_defaults_match_params_yaml_for_lgbm_ensemble_eval() -> None:
+    # A stage run without params.yaml (or a test building Params()) trains what the repo does.
+    repo = load_params(REPO_ROOT / "params.yaml")
+    default = params_from_dict({})
+    for section in ("lgbm", "ensemble", "eval"):
+        assert getattr(repo, section) == getattr(default, section), section
+
+
+def test_lgbm_refit_full_is_a_documented_bool() -> None:
+    params = load_params(REPO_ROOT / "params.yaml")
+    assert params.lgbm.refit_full is True
+    assert params.lgbm.early_stopping_rounds > 0
+    assert params_from_dict({"lgbm": {"refit_full": False}}).lgbm.refit_full is False
+    with pytest.raises(ParamsError, match="refit"):
+        params_from_dict({"lgbm": {"refit": True}})

@@ -30,9 +30,9 @@ def test_each_stage_lists_only_the_params_it_reads() -> None:
     params = {name: set(stage.get("params", [])) for name, stage in stages.items()}
     assert params["extract"] == {"extract"}
     assert params["folds"] == {"cv"}
-    assert params["lgbm"] == {"cv", "lgbm"}
+    assert params["lgbm"] == {"cv", "lgbm", "eval"}
     assert params["torch"] == {"cv", "torch"}
-    assert params["oof_blend"] == {"ensemble"}
+    assert params["oof_blend"] == {"ensemble", "eval"}
     assert [name for name, keys in params.items() if "ensemble" in keys] == ["oof_blend"]
     assert "torch.py" not in {Path(s["cmd"].split()[-1]).name for s in stages.values()}
 

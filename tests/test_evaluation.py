@@ -1,0 +1,139 @@
+"""The OOF view contract and the leaderboard-like scores (cmi.evaluation)."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from cmi.evaluation import (
+    OOF_COLUMNS,
+    check_oof,
+    check_share,
+    per_fold_test_like,
+    view_scores,
+    view_weights,
+)
+from cmi.metrics import competition_scores
+from cmi.schema import N_CLASSES, PROBA_COLUMNS
+
+T0, T1, N0 = 0, 1, 9  # two target gestures and a non-target one
+
+
+def _oof(rows: list[tuple[str, int, int, str, str, int]]) -> pl.DataFrame:
+    """rows of (sequence_id, fold, y_true, sensor_group, view, predicted class)."""
+    proba = np.full((len(rows), N_CLASSES), 0.01)
+    proba[np.arange(len(rows)), [r[5] for r in rows]] = 1.0
+    proba /= proba.sum(axis=1, keepdims=True)
+    keys = pl.DataFrame(
+        [r[:5] for r in rows],
+        schema={
+            c: t
+            for c, t in zip(
+                OOF_COLUMNS, [pl.String, pl.Int32, pl.Int32, pl.String, pl.String], strict=True
+            )
+        },
+        orient="row",
+    )
+    return keys.hstack([pl.Series(c, proba[:, k]) for k, c in enumerate(PROBA_COLUMNS)])
+
+
+@pytest.fixture
+def oof() -> pl.DataFrame:
+    # a, b: full-sensor sequences (two views each); c: natively IMU-only (one row).
+    # The model is right on every full view, wrong on b's and c's IMU-only views.
+    return _oof(
+        [
+            ("a", 0, T0, "full", "full", T0),
+            ("a", 0, T0, "full", "imu_only", T0),
+            ("b", 1, T1, "full", "full", T1),
+            ("b", 1, T1, "full", "imu_only", N0),
+            ("c", 1, N0, "imu_only", "imu_only", T1),
+        ]
+    )
+
+
+def test_view_weights_give_each_view_its_share() -> None:
+    views = np.array(["full", "imu_only", "imu_only", "full", "imu_only"])
+    weights = view_weights(views, 0.5)
+    assert weights[views == "full"].sum() == pytest.approx(0.5)
+    assert weights[views == "imu_only"].sum() == pytest.approx(0.5)
+    assert len(set(weights[views == "imu_only"])) == 1  # equal within a view
+    assert view_weights(views, 0.8)[views == "imu_only"].sum() == pytest.approx(0.8)
+    # A view that is absent hands its share to the other.
+    only_full = np.array(["full", "full"])
+    assert view_weights(only_full, 0.5) == pytest.approx([0.5, 0.5])
+    with pytest.raises(ValueError, match=r"unknown view 'tof'"):
+        view_weights(np.array(["full", "tof"]), 0.5)
+    with pytest.raises(ValueError, match=r"eval\.imu_only_share must be in \[0, 1\]"):
+        check_share(1.5)
+
+
+def test_view_scores_by_hand(oof: pl.DataFrame) -> None:
+    scores = view_scores(oof, 0.5)
+    assert scores["full"] == dict(competition_scores([T0, T1], [T0, T1]), n_rows=2)
+    assert scores["full"]["score"] == 1.0
+    assert scores["imu_only"] == dict(competition_scores([T0, T1, N0], [T0, N0, T1]), n_rows=3)
+    # test_like: full rows weigh 1/4 each, imu_only rows 1/6 each.
+    weights = np.array([1 / 4, 1 / 6, 1 / 4, 1 / 6, 1 / 6])
+    expected = competition_scores([T0, T0, T1, T1, N0], [T0, T0, T1, N0, T1], weights)
+    assert scores["test_like"] == pytest.approx(dict(expected, n_rows=5))
+    assert scores["imu_only"]["score"] < scores["test_like"]["score"] < scores["full"]["score"]
+    # share 0 / 1: test_like is the full / imu_only score.
+    assert view_scores(oof, 0.0)["test_like"]["score"] == pytest.approx(1.0)
+    assert view_scores(oof, 1.0)["test_like"]["score"] == pytest.approx(scores["imu_only"]["score"])
+    # Post-processed answers override the argmax.
+    fixed = view_scores(oof, 0.5, pred=np.array([T0, T0, T1, T1, N0]))
+    assert fixed["test_like"]["score"] == pytest.approx(1.0)
+
+
+def test_per_fold_test_like(oof: pl.DataFrame) -> None:
+    per_fold = per_fold_test_like(oof, 0.5)
+    assert list(per_fold) == ["0", "1"]
+    assert per_fold["0"] == pytest.approx(1.0)
+    assert per_fold["1"] == view_scores(oof.filter(pl.col("fold") == 1), 0.5)["test_like"]["score"]
+
+
+def test_check_oof_accepts_the_contract(oof: pl.DataFrame) -> None:
+    check_oof(oof, "x.parquet")
+    check_oof(oof.reverse(), "x.parquet")  # row order is free
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "match"),
+    [
+        (lambda f: f.drop("fold"), r"x\.parquet: missing column\(s\) \['fold'\]"),
+        (lambda f: f.drop("p17"), r"missing column\(s\) \['p17'\]"),
+        (lambda f: f.with_columns(view=pl.lit("both")), r"column view not in"),
+        (lambda f: f.with_columns(sensor_group=pl.lit(None, pl.String)), "column sensor_group"),
+        (
+            lambda f: pl.concat([f, f.tail(1)]),
+            r"duplicate \(sequence_id, view\) row \(sequence 'c'",
+        ),
+        (
+            lambda f: f.filter(pl.col("view") == "imu_only"),
+            r"lacks one of its two views \(sequence 'a'",
+        ),
+        (
+            lambda f: f.with_columns(
+                view=pl.when(pl.col("sequence_id") == "c").then(pl.lit("full")).otherwise("view")
+            ),
+            r"natively IMU-only sequence has a 'full' view row \(sequence 'c'",
+        ),
+        (
+            lambda f: f.with_columns(
+                y_true=pl.when(pl.col("view") == "full").then(5).otherwise("y_true")
+            ),
+            r"column y_true differs by view \(sequence 'a'",
+        ),
+        (
+            lambda f: f.with_columns(
+                p04=pl.when(pl.col("sequence_id") == "b").then(float("inf")).otherwise("p04")
+            ),
+            r"non-finite probability \(sequence 'b', view 'full'\)",
+        ),
+    ],
+)
+def test_check_oof_names_file_column_and_sequence(oof: pl.DataFrame, corrupt, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        check_oof(corrupt(oof), "x.parquet")
