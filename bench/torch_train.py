@@ -28,18 +28,12 @@ import numpy as np
 import polars as pl
 import torch
 
-from cmi.nn.data import frame_channels, to_padded
+from cmi.nn.data import input_channels, to_padded
+from cmi.nn.fold_data import labeled_sequences, prepare_fold
 from cmi.nn.model import architecture_kwargs
-from cmi.nn.predict import predict_proba
-from cmi.nn.train import (
-    Distributed,
-    configure_torch,
-    labeled_sequences,
-    new_run,
-    prepare_fold,
-    steps_per_epoch,
-    train_epoch,
-)
+from cmi.nn.predict import network_proba
+from cmi.nn.runtime import Distributed, configure_torch
+from cmi.nn.train import new_run, steps_per_epoch, train_epoch
 from cmi.params import load_params
 from cmi.paths import ProjectPaths
 
@@ -72,16 +66,16 @@ def percentile(values: list[float], q: float) -> float:
 
 def bench_training(inputs, params, device: torch.device, epochs: int):
     arch = architecture_kwargs(
-        inputs.x_train.shape[2],
+        inputs.train.x.shape[2],
         params.conv_channels,
         params.lstm_hidden,
         params.gru_hidden,
         params.dropout,
     )
-    steps = steps_per_epoch(len(inputs.y_train), params.batch_size)
+    steps = steps_per_epoch(len(inputs.train), params.batch_size)
     run = new_run(arch, params, inputs.fold, steps, device)
     tensors = tuple(
-        torch.from_numpy(a) for a in (inputs.x_train, inputs.mask_train, inputs.y_train)
+        torch.from_numpy(a) for a in (inputs.train.x, inputs.train.mask, inputs.train.y)
     )
     rates, cpu_rates = [], []
     for epoch in range(epochs):
@@ -89,28 +83,28 @@ def bench_training(inputs, params, device: torch.device, epochs: int):
         train_epoch(run, run.model, inputs, tensors, params, epoch, device, Distributed(), None)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        rates.append(len(inputs.y_train) / (time.perf_counter() - started))
-        cpu_rates.append(len(inputs.y_train) / (time.process_time() - cpu_started))
+        rates.append(len(inputs.train) / (time.perf_counter() - started))
+        cpu_rates.append(len(inputs.train) / (time.process_time() - cpu_started))
     started = time.perf_counter()
-    predict_proba(run.model, inputs.x_val, inputs.mask_val)
+    network_proba(run.model, inputs.scored.x, inputs.scored.mask)
     val_seconds = time.perf_counter() - started
     return run.model, rates, statistics.median(cpu_rates), val_seconds
 
 
 def bench_inference(model, inputs, frames: pl.DataFrame, channels, device, calls: int):
     model.to(device).eval()
-    x, mask = inputs.x_val[:1], inputs.mask_val[:1]
-    one_id = inputs.val_ids[0]
+    x, mask = inputs.scored.x[:1], inputs.scored.mask[:1]
+    one_id = inputs.scored.ids[0]
     one_frames = frames.filter(pl.col("sequence_id") == one_id)
     model_ms, full_ms = [], []
     for i in range(calls + 10):
         started = time.perf_counter()
-        predict_proba(model, x, mask)
+        network_proba(model, x, mask)
         if device.type == "cuda":
             torch.cuda.synchronize()
         middle = time.perf_counter()
         xs, ms, _ = to_padded(one_frames, channels, inputs.scaler, inputs.pad_len, "end")
-        predict_proba(model, xs, ms)
+        network_proba(model, xs, ms)
         if device.type == "cuda":
             torch.cuda.synchronize()
         if i >= 10:  # warm-up calls excluded
@@ -129,12 +123,13 @@ def main() -> None:
     params = load_params(REPO / "params.yaml").torch
     frames = pl.read_parquet(paths.frame_features)
     labeled = labeled_sequences(pl.read_parquet(paths.sequences), pl.read_parquet(paths.folds))
-    channels = frame_channels(frame_features=frames)
+    channels = input_channels(frames)
     inputs = prepare_fold(frames, labeled, 0, channels, params)
     n_folds = labeled["fold"].n_unique()
     print(
-        f"demo: {labeled.height} sequences, {n_folds} folds; fold 0: {len(inputs.y_train)} train "
-        f"/ {len(inputs.y_val)} val, pad_len {inputs.pad_len}, {len(channels)} channels"
+        f"demo: {labeled.height} sequences, {n_folds} folds; fold 0: {len(inputs.train)} train "
+        f"/ {len(inputs.inner)} inner / {len(inputs.scored)} scored, pad_len {inputs.pad_len}, "
+        f"{len(channels)} channels"
     )
     print(
         f"torch params: epochs {params.epochs}, batch {params.batch_size}, conv "
@@ -147,7 +142,7 @@ def main() -> None:
         print(f"\n== {device} ({threads} CPU threads, load average {load:.1f})")
         model, rates, cpu_rate, val_seconds = bench_training(inputs, params, device, args.epochs)
         median_rate = statistics.median(rates)
-        epoch_s = len(inputs.y_train) / median_rate + val_seconds
+        epoch_s = len(inputs.train) / median_rate + val_seconds
         stage_s = epoch_s * params.epochs * n_folds
         print(
             f"training: {median_rate:.0f} sequences/s (median of {len(rates)} epochs: "

@@ -20,7 +20,7 @@ from cmi.nn.model import (
     pooled_mask,
     strip_prefixes,
 )
-from cmi.nn.predict import predict_proba
+from cmi.nn.predict import network_proba
 
 CHANNELS = ["acc_x", "acc_y", "rot_w", "thm_1", "tof_1_mean"]
 PAD_LEN = 64
@@ -106,11 +106,11 @@ def test_all_padded_row_gives_finite_output_and_gradients() -> None:
     assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
 
 
-def test_predict_proba_rows_sum_to_one() -> None:
+def test_network_proba_rows_sum_to_one() -> None:
     net = tiny_net()
     x = np.random.default_rng(0).normal(size=(7, 20, len(CHANNELS))).astype(np.float32)
     mask = end_mask([1, 2, 3, 5, 8, 13, 20], 20).numpy()
-    proba = predict_proba(net, x, mask, batch_size=3)
+    proba = network_proba(net, x, mask, batch_size=3)
     assert proba.shape == (7, 18) and proba.dtype == np.float64
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-12)
     assert not net.training
@@ -214,8 +214,7 @@ def test_pad_length_is_a_rounded_up_percentile() -> None:
 def test_saved_state_dict_bytes_depend_only_on_the_tensors(tmp_path) -> None:
     # Regression: torch.save(state, path) names its archive after the (random) temp file, so
     # the same weights hashed differently from run to run.
-    from cmi.nn.checkpoint import save_state_dict
-    from cmi.nn.model import load_state_dict_file
+    from cmi.nn.model import load_state_dict_file, save_state_dict
 
     state = TimeSeriesNet(
         n_channels=4, conv_channels=(8, 8), lstm_hidden=4, gru_hidden=4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,22 +13,21 @@ import polars as pl
 import pytest
 import torch
 
+from cmi.checkpoint import CheckpointStore
 from cmi.nn import checkpoint as ckpt
+from cmi.nn.cv import TorchTrainingData, run_torch_fold
 from cmi.nn.data import Scaler
+from cmi.nn.fold_data import FoldInputs, PaddedPart, labeled_sequences, prepare_fold
 from cmi.nn.model import TimeSeriesNet, architecture_kwargs, load_state_dict_file
-from cmi.nn.predict import predict_proba
+from cmi.nn.predict import network_proba
+from cmi.nn.runtime import Distributed, Runtime, derive_seed
 from cmi.nn.train import (
-    FoldInputs,
     apply_modality_dropout,
-    derive_seed,
     epoch_batches,
-    labeled_sequences,
-    prepare_fold,
-    run_fold,
     steps_per_epoch,
-    train_fold,
+    train_torch_fold,
 )
-from cmi.params import TorchParams
+from cmi.params import Params, TorchParams
 
 CHANNELS = ["acc_x", "acc_y", "acc_z", "thm_1", "tof_1_mean", "tof_1_min"]
 PARAMS = TorchParams(
@@ -40,6 +40,7 @@ PARAMS = TorchParams(
     modality_dropout=0.5,
 )
 CPU = torch.device("cpu")
+CPU_RUNTIME = Runtime(CPU, Distributed(), threads=1)
 
 
 @pytest.fixture(autouse=True)
@@ -52,28 +53,38 @@ def one_torch_thread():
 
 
 def random_inputs(fold: int = 0, n_train: int = 30, n_val: int = 10, t: int = 13) -> FoldInputs:
+    """Training, inner validation and scored parts of random sequences (a quarter IMU-only)."""
     rng = np.random.default_rng(fold)
 
-    def part(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def part(n: int, prefix: str) -> PaddedPart:
         y = rng.integers(0, 18, size=n)
         x = rng.normal(size=(n, t, len(CHANNELS))).astype(np.float32)
         x[:, :, 0] += y[:, None] / 6.0  # something to learn
         lengths = rng.integers(1, t + 1, size=n)
         mask = np.arange(t)[None, :] >= (t - lengths)[:, None]
         x[~mask] = 0.0
-        return x, mask, y.astype(np.int64)
+        groups = np.where(np.arange(n) % 4 == 0, "imu_only", "full")
+        x[groups == "imu_only", :, 3:] = 0.0
+        ids = [f"{prefix}{i:03d}" for i in range(n)]
+        return PaddedPart(ids, x, mask, y.astype(np.int64), groups)
 
-    x_tr, m_tr, y_tr = part(n_train)
-    x_va, m_va, y_va = part(n_val)
     scaler = Scaler(tuple(CHANNELS), np.zeros(len(CHANNELS)), np.ones(len(CHANNELS)))
     return FoldInputs(
-        fold, x_tr, m_tr, y_tr, x_va, m_va, y_va, [f"S{i:03d}" for i in range(n_val)],
+        fold, (fold + 1) % 3, part(n_train, "T"), part(n_val, "I"), part(n_val, "S"),
         np.array([3, 4, 5]), scaler, t,
     )  # fmt: skip
 
 
 def arch() -> dict:
     return architecture_kwargs(len(CHANNELS), PARAMS.conv_channels, 8, 8, PARAMS.dropout)
+
+
+def store_at(path: Path, key: str = "fp") -> CheckpointStore:
+    return CheckpointStore(path, key)
+
+
+def last_file(store: CheckpointStore, fold: int = 0) -> Path:
+    return store.unit_dir(ckpt.fold_unit(fold)) / ckpt.LAST_NAME
 
 
 class Crash(RuntimeError):
@@ -92,7 +103,10 @@ def assert_same_result(a, b) -> None:
     assert a.best_epoch == b.best_epoch
     assert a.best_score == b.best_score
     assert a.curves == b.curves
-    np.testing.assert_array_equal(a.val_proba, b.val_proba)
+    assert a.predictions.keys() == b.predictions.keys()
+    for view in a.predictions:
+        assert a.predictions[view].ids == b.predictions[view].ids
+        np.testing.assert_array_equal(a.predictions[view].proba, b.predictions[view].proba)
     assert a.best_state.keys() == b.best_state.keys()
     for key in a.best_state:
         assert torch.equal(a.best_state[key], b.best_state[key]), key
@@ -100,56 +114,63 @@ def assert_same_result(a, b) -> None:
 
 def test_training_writes_weights_only_checkpoints(tmp_path: Path) -> None:
     inputs = random_inputs()
-    result = train_fold(
-        inputs, arch(), PARAMS, device=CPU, checkpoint_dir=tmp_path, fingerprint="fp"
-    )
+    store = store_at(tmp_path)
+    result = train_torch_fold(inputs, arch(), PARAMS, device=CPU, store=store)
     assert 1 <= result.best_epoch <= PARAMS.epochs
     assert [row[0] for row in result.curves] == [1, 2, 3]
-    assert result.val_proba.shape == (10, 18)
-    payload = torch.load(tmp_path / ckpt.LAST_NAME, weights_only=True)
+    assert result.predictions["imu_only"].proba.shape == (10, 18)
+    assert result.predictions["full"].ids == [f"S{i:03d}" for i in range(10) if i % 4]
+    payload = torch.load(last_file(store), weights_only=True)
     assert payload["version"] == ckpt.CHECKPOINT_VERSION and payload["epoch"] == 3
     for key in ("model", "optimizer", "scheduler", "grad_scaler", "best_state", "rng", "curves"):
         assert key in payload
     net = TimeSeriesNet(**arch())
     net.load_state_dict(result.best_state)
-    proba = predict_proba(net, inputs.x_val, inputs.mask_val)
-    np.testing.assert_allclose(proba, result.val_proba, atol=1e-12)
+    full = inputs.scored.sensor_group == "full"
+    proba = network_proba(net, inputs.scored.x[full], inputs.scored.mask[full])
+    np.testing.assert_allclose(proba, result.predictions["full"].proba, atol=1e-12)
+
+
+def test_best_epoch_is_chosen_on_the_inner_fold_by_test_like(tmp_path: Path) -> None:
+    result = train_torch_fold(random_inputs(), arch(), PARAMS, device=CPU, imu_only_share=0.5)
+    inner_test_like = [row[-1] for row in result.curves]
+    assert result.best_score == max(inner_test_like)
+    assert result.best_epoch == 1 + inner_test_like.index(max(inner_test_like))
 
 
 def test_resume_after_crash_is_bit_identical(tmp_path: Path, caplog) -> None:
     inputs = random_inputs()
-    straight = train_fold(
-        inputs, arch(), PARAMS, device=CPU, checkpoint_dir=tmp_path / "a", fingerprint="fp"
-    )
+    straight = train_torch_fold(inputs, arch(), PARAMS, device=CPU, store=store_at(tmp_path / "a"))
+    store = store_at(tmp_path / "b")
     with pytest.raises(Crash):
-        train_fold(
-            inputs, arch(), PARAMS, device=CPU, checkpoint_dir=tmp_path / "b",
-            fingerprint="fp", on_batch=crash_at(0, 3, 1),
+        train_torch_fold(
+            inputs, arch(), PARAMS, device=CPU, store=store, on_batch=crash_at(0, 3, 1)
         )  # fmt: skip
-    assert torch.load(tmp_path / "b" / ckpt.LAST_NAME, weights_only=True)["epoch"] == 2
+    assert torch.load(last_file(store), weights_only=True)["epoch"] == 2
     torch.manual_seed(1234)  # a resumed process starts from other global RNG states
     np.random.seed(99)
+    replayed = []
     with caplog.at_level(logging.INFO, logger="cmi.nn.train"):
-        resumed = train_fold(
-            inputs, arch(), PARAMS, device=CPU, checkpoint_dir=tmp_path / "b", fingerprint="fp"
-        )
+        resumed = train_torch_fold(
+            inputs, arch(), PARAMS, device=CPU, store=store,
+            on_epoch=lambda fold, row: replayed.append(row),
+        )  # fmt: skip
     assert "fold 0: resuming from epoch 3" in caplog.text
     assert resumed.resumed_from == 2
     assert_same_result(straight, resumed)
+    assert replayed == straight.curves  # restored epochs' curves are handed on, not lost
 
 
 def test_truncated_checkpoint_is_reported_and_fold_restarts(tmp_path: Path, caplog) -> None:
     inputs = random_inputs()
-    fresh = train_fold(inputs, arch(), PARAMS, device=CPU, checkpoint_dir=tmp_path / "a",
-                       fingerprint="fp")  # fmt: skip
-    last = tmp_path / "b" / ckpt.LAST_NAME
-    last.parent.mkdir()
-    data = (tmp_path / "a" / ckpt.LAST_NAME).read_bytes()
+    fresh = train_torch_fold(inputs, arch(), PARAMS, device=CPU, store=store_at(tmp_path / "a"))
+    damaged = store_at(tmp_path / "b")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    last = last_file(damaged)
+    data = last.read_bytes()
     last.write_bytes(data[: len(data) // 2])
     with caplog.at_level(logging.INFO):
-        again = train_fold(
-            inputs, arch(), PARAMS, device=CPU, checkpoint_dir=last.parent, fingerprint="fp"
-        )
+        again = train_torch_fold(inputs, arch(), PARAMS, device=CPU, store=damaged)
     assert "is unreadable" in caplog.text and "restarting the fold" in caplog.text
     assert "resuming" not in caplog.text
     assert again.resumed_from == 0
@@ -159,12 +180,26 @@ def test_truncated_checkpoint_is_reported_and_fold_restarts(tmp_path: Path, capl
 def test_checkpoint_of_another_fingerprint_is_ignored(tmp_path: Path, caplog) -> None:
     inputs = random_inputs()
     short = replace(PARAMS, epochs=1)
-    train_fold(inputs, arch(), short, device=CPU, checkpoint_dir=tmp_path, fingerprint="old")
+    old, new = store_at(tmp_path, "old"), store_at(tmp_path, "new")
+    train_torch_fold(inputs, arch(), short, device=CPU, store=old)
+    # A unit of another run where this run looks (e.g. a folder copied by hand).
+    shutil.copytree(old.unit_dir("fold_0"), new.unit_dir("fold_0"))
     with caplog.at_level(logging.INFO):
-        result = train_fold(
-            inputs, arch(), short, device=CPU, checkpoint_dir=tmp_path, fingerprint="new"
-        )
+        result = train_torch_fold(inputs, arch(), short, device=CPU, store=new)
     assert "ignoring checkpoint" in caplog.text and "resuming" not in caplog.text
+    assert result.resumed_from == 0
+
+
+def test_unfinished_unit_is_ignored(tmp_path: Path, caplog) -> None:
+    """A last.pt without the store's marker (never completed by save) is not loaded."""
+    inputs = random_inputs()
+    short = replace(PARAMS, epochs=1)
+    store = store_at(tmp_path)
+    train_torch_fold(inputs, arch(), short, device=CPU, store=store)
+    (store.unit_dir("fold_0") / "done.json").unlink()
+    with caplog.at_level(logging.INFO):
+        result = train_torch_fold(inputs, arch(), short, device=CPU, store=store)
+    assert "fold 0: ignoring checkpoint" in caplog.text and "not finished" in caplog.text
     assert result.resumed_from == 0
 
 
@@ -227,13 +262,25 @@ def test_prepare_fold_uses_training_part_only() -> None:
     frames, table = frame_features()
     labeled = labeled_sequences(table.drop("fold"), table.select("sequence_id", "fold"))
     inputs = prepare_fold(frames, labeled, 1, CHANNELS, PARAMS)
-    train_ids = table.filter(pl.col("fold") != 1)["sequence_id"]
+    assert inputs.inner_fold == 2  # (k + 1) % n_folds
+    train_ids = table.filter(~pl.col("fold").is_in([1, 2]))["sequence_id"]
     train_frames = frames.filter(pl.col("sequence_id").is_in(train_ids.implode()))
     assert inputs.scaler.mean[0] == pytest.approx(train_frames["acc_x"].mean(), rel=1e-6)
     lengths = train_frames.group_by("sequence_id").len()["len"].to_numpy()
     assert inputs.pad_len == int(np.ceil(np.percentile(lengths, 95)))
-    assert len(inputs.val_ids) == 8 and inputs.x_train.shape == (16, inputs.pad_len, 6)
-    assert np.isfinite(inputs.x_train).all()
+    assert inputs.scored.ids == sorted(table.filter(pl.col("fold") == 1)["sequence_id"])
+    assert inputs.inner.ids == sorted(table.filter(pl.col("fold") == 2)["sequence_id"])
+    assert len(inputs.scored) == 8 and inputs.train.x.shape == (8, inputs.pad_len, 6)
+    assert np.isfinite(inputs.train.x).all()
+    assert list(inputs.scored.sensor_group[:2]) == ["full", "imu_only"]  # SEQ_0001, SEQ_0004
+
+
+def test_fewer_than_three_folds_is_a_clear_error() -> None:
+    frames, table = frame_features()
+    two = table.with_columns(pl.col("fold") % 2)
+    labeled = labeled_sequences(two.drop("fold"), two.select("sequence_id", "fold"))
+    with pytest.raises(ValueError, match=r"cv\.n_splits=2"):
+        prepare_fold(frames, labeled, 0, CHANNELS, PARAMS)
 
 
 def test_labeled_sequences_names_missing_labels() -> None:
@@ -246,33 +293,61 @@ def test_labeled_sequences_names_missing_labels() -> None:
         labeled_sequences(table.drop("fold"), folds)
 
 
+def training_data(table: pl.DataFrame, frames: pl.DataFrame) -> TorchTrainingData:
+    labeled = labeled_sequences(table.drop("fold"), table.select("sequence_id", "fold"))
+    return TorchTrainingData(frames, labeled, list(CHANNELS))
+
+
 def test_run_fold_skips_a_finished_fold(tmp_path: Path, caplog) -> None:
     frames, table = frame_features()
-    labeled = labeled_sequences(table.drop("fold"), table.select("sequence_id", "fold"))
-    short = replace(PARAMS, epochs=1)
-    kwargs = dict(device=CPU, checkpoint_root=tmp_path, fingerprint="fp")
-    first = run_fold(frames, labeled, 0, CHANNELS, short, **kwargs)
-    done = ckpt.fold_dir(tmp_path, "fp", 0) / ckpt.DONE_NAME
+    data = training_data(table, frames)
+    params = Params(torch=replace(PARAMS, epochs=1))
+    store = store_at(tmp_path)
+    first = run_torch_fold(data, 0, params, CPU_RUNTIME, store)
+    done = store.unit_dir("fold_0") / ckpt.DONE_NAME
     assert done.exists() and not done.with_name(ckpt.LAST_NAME).exists()
     torch.load(done, weights_only=True)
     with caplog.at_level(logging.INFO):
-        again = run_fold(frames, labeled, 0, CHANNELS, short, **kwargs, on_batch=crash_at(0, 1, 0))
+        again = run_torch_fold(data, 0, params, CPU_RUNTIME, store, on_batch=crash_at(0, 1, 0))
     assert "finished earlier" in caplog.text
     assert_same_result(first, again)
     assert again.scaler.to_json() == first.scaler.to_json() and again.pad_len == first.pad_len
 
 
+def test_scored_fold_labels_do_not_reach_its_model(tmp_path: Path) -> None:
+    """Honest selection: fold k's labels choose nothing for fold k, so shuffling them leaves
+    fold k's saved weights byte-identical; shuffling a training fold's labels does not."""
+    from cmi.nn.model import save_state_dict
+
+    frames, table = frame_features(n_seq=36, seed=3)
+    params = Params(torch=replace(PARAMS, epochs=3))
+    fold, inner = 0, 1
+
+    def fold_weights(shuffled_fold: int | None, name: str) -> bytes:
+        values = table["label"].to_numpy().copy()
+        if shuffled_fold is not None:
+            rows = (table["fold"] == shuffled_fold).to_numpy()
+            # Shuffled, then shifted so that every label of the fold really changes.
+            values[rows] = (np.random.default_rng(7).permutation(values[rows]) + 5) % 18
+        labels = table.with_columns(pl.Series("label", values, dtype=pl.Int32))
+        result = run_torch_fold(training_data(labels, frames), fold, params, CPU_RUNTIME)
+        assert result.inner_fold == inner
+        return save_state_dict(result.best_state, tmp_path / f"{name}.pt").read_bytes()
+
+    reference = fold_weights(None, "reference")
+    assert fold_weights(fold, "scored_shuffled") == reference
+    assert fold_weights(2, "training_shuffled") != reference
+
+
 # ----------------------------------------------------------------------------- DDP (CPU, gloo)
 def _ddp_worker(rank: int, world_size: int, port: int, out: str) -> None:
-    from cmi.nn.train import Distributed
-
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
     torch.set_num_threads(1)
     try:
         dist = Distributed(rank, world_size, rank)
-        result = train_fold(random_inputs(), arch(), replace(PARAMS, epochs=2), device=CPU,
-                            dist=dist)  # fmt: skip
+        result = train_torch_fold(random_inputs(), arch(), replace(PARAMS, epochs=2), device=CPU,
+                                  dist=dist)  # fmt: skip
         if rank == 0:
             torch.save(result.best_state, out)
     finally:
@@ -295,5 +370,5 @@ def test_ddp_two_processes_on_cpu_give_plain_weights(tmp_path: Path) -> None:
     net = TimeSeriesNet(**arch())
     net.load_state_dict(state)
     inputs = random_inputs()
-    proba = predict_proba(net, inputs.x_val, inputs.mask_val)
+    proba = network_proba(net, inputs.scored.x, inputs.scored.mask)
     assert proba.shape == (10, 18) and np.isfinite(proba).all()

@@ -12,11 +12,13 @@ import pytest
 import torch
 from pipeline_helpers import copy_project, run_stage
 
-from cmi.nn.data import Scaler, to_padded
+from cmi.nn.data import Scaler, imu_only_view, modality_indices, to_padded
 from cmi.nn.model import TimeSeriesNet, load_state_dict_file
-from cmi.nn.predict import load_fold_model, predict_proba
+from cmi.nn.predict import load_fold_model, network_proba
+from cmi.nn.train import CURVE_COLUMNS
+from cmi.params import load_params
 from cmi.paths import ProjectPaths
-from cmi.schema import GESTURES, PROBA_COLUMNS
+from cmi.schema import GESTURES, PROBA_COLUMNS, THM_COLUMNS, TOF_COLUMNS
 
 STAGE = "train_torch.py"
 
@@ -35,6 +37,18 @@ def fold_ids(root: Path) -> list[int]:
     return sorted(pl.read_parquet(ProjectPaths(root).folds)["fold"].unique().to_list())
 
 
+def curve_files(root: Path) -> dict[str, str]:
+    """The dvclive folder's files (per-fold curve tsvs and its summary) by relative path."""
+    folder = root / "dvclive" / "torch"
+    return {str(p.relative_to(folder)): p.read_text() for p in sorted(folder.rglob("*.*"))}
+
+
+def metrics_without_wall_time(root: Path) -> dict:
+    metrics = json.loads(ProjectPaths(root).metrics("torch").read_text())
+    assert metrics.pop("wall_time_s") > 0  # the one figure that differs between runs
+    return metrics
+
+
 def assert_same_outputs(a: Path, b: Path) -> None:
     pa, pb = ProjectPaths(a), ProjectPaths(b)
     for k in fold_ids(a):
@@ -44,11 +58,8 @@ def assert_same_outputs(a: Path, b: Path) -> None:
         for key in wa:
             assert torch.equal(wa[key], wb[key]), f"fold {k}: {key} differs"
     assert pl.read_parquet(pa.oof("torch")).equals(pl.read_parquet(pb.oof("torch")))
-    curves = "torch_curves.csv"
-    assert (pa.plots_dir / curves).read_text() == (pb.plots_dir / curves).read_text()
-    assert json.loads(pa.metrics("torch").read_text()) == json.loads(
-        pb.metrics("torch").read_text()
-    )
+    assert curve_files(a) == curve_files(b)
+    assert metrics_without_wall_time(a) == metrics_without_wall_time(b)
 
 
 def test_stage_writes_every_output(torch_run: tuple[Path, str]) -> None:
@@ -72,48 +83,119 @@ def test_stage_writes_every_output(torch_run: tuple[Path, str]) -> None:
 
     oof = pl.read_parquet(paths.oof("torch"))
     sequences = pl.read_parquet(paths.sequences)
-    assert oof.columns == ["sequence_id", "fold", "y_true", "sensor_group", *PROBA_COLUMNS]
+    assert oof.columns == ["sequence_id", "fold", "y_true", "sensor_group", "view", *PROBA_COLUMNS]
     assert oof["fold"].dtype == pl.Int32 and oof["y_true"].dtype == pl.Int32
     assert all(oof[c].dtype == pl.Float64 for c in PROBA_COLUMNS)
-    assert sorted(oof["sequence_id"].to_list()) == sorted(sequences["sequence_id"].to_list())
+    assert sorted(oof["sequence_id"].unique().to_list()) == sorted(sequences["sequence_id"])
     np.testing.assert_allclose(oof.select(PROBA_COLUMNS).to_numpy().sum(axis=1), 1.0, atol=1e-9)
+    # The view contract: every sequence IMU-only, full-sensor ones also as recorded.
+    imu = oof.filter(pl.col("view") == "imu_only")
+    full = oof.filter(pl.col("view") == "full")
+    assert sorted(imu["sequence_id"]) == sorted(sequences["sequence_id"])
+    native_full = sequences.filter(pl.col("sensor_group") == "full")["sequence_id"]
+    assert sorted(full["sequence_id"]) == sorted(native_full)
+    assert oof.select("sequence_id", "view").is_duplicated().sum() == 0
+    assert sequences["sensor_group"].n_unique() == 2  # tiny data has both kinds
 
     metrics = json.loads(paths.metrics("torch").read_text())
     assert {"score", "binary_f1", "macro_f1", "per_fold", "per_sensor_group"} <= set(metrics)
-    assert len(metrics["best_epochs"]) == len(folds)
-    curves = pl.read_csv(paths.plots_dir / "torch_curves.csv")
-    assert curves.columns == ["fold", "epoch", "train_loss", "val_loss", "val_score"]
-    epochs = curves.group_by("fold").len()["len"].to_list()
-    assert len(epochs) == len(folds) and set(epochs) == {3}  # tiny params: 3 epochs
+    for view in ("full", "imu_only", "test_like"):
+        assert {"score", "binary_f1", "macro_f1", "n_rows"} <= set(metrics[view])
+    assert metrics["full"]["n_rows"] == full.height and metrics["imu_only"]["n_rows"] == imu.height
+    assert metrics["test_like"]["n_rows"] == oof.height
+    assert metrics["score"] == metrics["test_like"]["score"]
+    assert sorted(metrics["per_fold"]) == [str(k) for k in folds]
+    assert len(metrics["best_epochs"]) == len(folds) and metrics["wall_time_s"] > 0
+    assert metrics["inner_folds"] == [(k + 1) % len(folds) for k in folds]
+    assert meta["inner_folds"] == metrics["inner_folds"]
+
+    # dvclive curves: one tsv per fold and curve, one row per epoch (tiny params: 3 epochs).
+    curves = curve_files(root)
+    for k in folds:
+        for name in CURVE_COLUMNS[1:]:
+            rows = curves[f"plots/metrics/fold_{k}/{name}.tsv"].splitlines()
+            assert rows[0].split("\t") == ["step", name]
+            assert [r.split("\t")[0] for r in rows[1:]] == ["1", "2", "3"]
+    summary = json.loads(curves["metrics.json"])
+    assert summary["fold"] == folds[-1] and summary["epoch"] == 3
+    assert not (root / "dvc.yaml").exists()  # dvclive wrote no dvc.yaml of its own
     assert "OOF score" in log
     assert not list(root.rglob("*.pkl")) and not list(root.rglob("*.joblib"))
 
 
 def test_inference_path_reproduces_oof(torch_run: tuple[Path, str]) -> None:
-    """load_fold_model + to_padded + predict_proba give the OOF probabilities back."""
+    """load_fold_model + to_padded + network_proba give the OOF probabilities back, the
+    IMU-only view from frames whose thm/ToF channels are null."""
     root, _ = torch_run
     paths = ProjectPaths(root)
     oof = pl.read_parquet(paths.oof("torch"))
     frames = pl.read_parquet(paths.frame_features)
     for k in fold_ids(root):
-        part = oof.filter(pl.col("fold") == k)
         fm = load_fold_model(paths.torch_dir, k)
-        fold_frames = frames.filter(pl.col("sequence_id").is_in(part["sequence_id"].implode()))
-        x, mask, ids = to_padded(fold_frames, fm.channels, fm.scaler, fm.pad_len, fm.keep)
-        proba = predict_proba(fm.model, x, mask)
-        expected = part.sort("sequence_id").select(PROBA_COLUMNS).to_numpy()
-        assert ids == sorted(part["sequence_id"].to_list())
-        np.testing.assert_allclose(proba, expected, atol=1e-6)
+        modality = [c for c in fm.channels if c.startswith(("thm", "tof"))]
+        nulled = frames.with_columns(pl.lit(None, dtype=pl.Float32).alias(c) for c in modality)
+        for view, source in (("full", frames), ("imu_only", nulled)):
+            part = oof.filter((pl.col("fold") == k) & (pl.col("view") == view))
+            fold_frames = source.filter(pl.col("sequence_id").is_in(part["sequence_id"].implode()))
+            x, mask, ids = to_padded(fold_frames, fm.channels, fm.scaler, fm.pad_len, fm.keep)
+            proba = network_proba(fm.model, x, mask)
+            expected = part.sort("sequence_id").select(PROBA_COLUMNS).to_numpy()
+            assert ids == sorted(part["sequence_id"].to_list())
+            np.testing.assert_allclose(proba, expected, atol=1e-6)
+
+
+def test_imu_only_view_is_what_the_hidden_test_gives(torch_run: tuple[Path, str]) -> None:
+    """The view the stage scores equals the real inference path on raw rows whose thm/ToF
+    values are null (prepare_sensor_frame + compute_features, then the nn data path)."""
+    from cmi.features import compute_features, prepare_sensor_frame
+    from cmi.schema import read_raw_dir
+
+    root, _ = torch_run
+    paths = ProjectPaths(root)
+    raw = read_raw_dir(paths.raw_dir, with_test=False)
+    oof = pl.read_parquet(paths.oof("torch"))
+    recorded = pl.read_parquet(paths.frame_features)
+    extract = load_params(paths.params).extract
+    k = fold_ids(root)[0]
+    fm = load_fold_model(paths.torch_dir, k)
+    ids = sorted(oof.filter((pl.col("fold") == k) & (pl.col("view") == "full"))["sequence_id"])
+    rows = raw.train.filter(pl.col("sequence_id").is_in(ids))
+    hidden = rows.with_columns(
+        pl.lit(None, dtype=rows.schema[c]).alias(c) for c in (*THM_COLUMNS, *TOF_COLUMNS)
+    )
+    features = compute_features(prepare_sensor_frame(hidden), raw.train_demographics, extract)
+    assert set(features.sequences["sensor_group"]) == {"imu_only"}
+    x_hidden, mask_hidden, ids_hidden = to_padded(
+        features.frame_features, fm.channels, fm.scaler, fm.pad_len, fm.keep
+    )
+    seen = recorded.filter(pl.col("sequence_id").is_in(ids))
+    x_rec, mask_rec, ids_rec = to_padded(seen, fm.channels, fm.scaler, fm.pad_len, fm.keep)
+    assert ids_hidden == ids_rec == ids
+    view = imu_only_view(x_rec, modality_indices(fm.channels))
+    assert not np.array_equal(view, x_rec)  # the view really removed thm/ToF
+    np.testing.assert_array_equal(mask_hidden, mask_rec)
+    np.testing.assert_allclose(view, x_hidden, rtol=0, atol=1e-6)
+    expected = (
+        oof.filter((pl.col("fold") == k) & (pl.col("view") == "imu_only"))
+        .filter(pl.col("sequence_id").is_in(ids))
+        .sort("sequence_id")
+        .select(PROBA_COLUMNS)
+        .to_numpy()
+    )
+    np.testing.assert_allclose(network_proba(fm.model, x_hidden, mask_hidden), expected, atol=1e-6)
 
 
 def test_rerun_reuses_finished_folds(torch_run: tuple[Path, str], tmp_path: Path) -> None:
     root, _ = torch_run
     again = copy_project(root, tmp_path / "again")
+    stale = again / "checkpoints" / "torch" / ("0" * 16) / "fold_0"
+    stale.mkdir(parents=True)  # checkpoints of another fingerprint can never be used
     result = run_stage(STAGE, again)
     for k in fold_ids(root):
         assert f"fold {k}: finished earlier" in result.stderr
     assert "epoch 1/" not in result.stderr
     assert_same_outputs(root, again)
+    assert not stale.parent.exists() and "removed stale checkpoints" in result.stderr
 
 
 @pytest.mark.slow
@@ -184,5 +266,6 @@ def test_stage_under_torchrun_ddp_on_cpu(tiny_features_project: Path, tmp_path: 
     for k in fold_ids(root):
         fm = load_fold_model(paths.torch_dir, k)
         x, mask, _ = to_padded(frames.head(200), meta["channels"], fm.scaler, fm.pad_len, "end")
-        assert np.isfinite(predict_proba(fm.model, x, mask)).all()
-    assert pl.read_parquet(paths.oof("torch")).height == pl.read_parquet(paths.sequences).height
+        assert np.isfinite(network_proba(fm.model, x, mask)).all()
+    oof_ids = pl.read_parquet(paths.oof("torch"))["sequence_id"].unique()
+    assert oof_ids.len() == pl.read_parquet(paths.sequences).height

@@ -1,5 +1,11 @@
 """The Torch model family: CNN -> BiLSTM -> GRU -> masked attention over per-frame features.
 
-Modules: ``data`` (scaler, padding, modality fill), ``model`` (TimeSeriesNet, safe weight
-loading), ``train`` (per-fold training with epoch-level resume), ``predict`` (probabilities).
+Modules, in the order a fold flows through them:
+``runtime`` (device, threads, DDP, seeding, RNG snapshots); ``data`` (scaler, padding, the
+IMU-only view of padded inputs); ``fold_data`` (one outer fold split into training part,
+inner validation fold and scored fold); ``model`` (TimeSeriesNet, weight files);
+``train`` (one fold's epochs with resume and the epoch choice); ``views`` (predictions in
+the two views, OOF rows); ``checkpoint`` (fold payloads on ``cmi.checkpoint``'s store);
+``cv`` (the fold loop, ``run_torch_cv``); ``curves`` (dvclive curves); ``outputs`` (weights,
+meta.json, OOF table, metrics); ``predict`` (probabilities, loading a fold for inference).
 """

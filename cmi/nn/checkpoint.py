@@ -1,112 +1,108 @@
-"""Epoch checkpoints that load with ``torch.load(weights_only=True)``, written atomically.
+"""Torch fold checkpoints on the generic store (``cmi.checkpoint.CheckpointStore``).
 
-Layout: ``checkpoints/torch/<fingerprint>/fold_{k}/last.pt`` (after every epoch) and
-``done.pt`` (a finished fold: best weights, validation probabilities, scaler, curves).
-A payload carries ``version``, ``fingerprint`` and ``fold``; one that does not match, or
-that does not load, is reported and ignored, never used.
+Layout: ``checkpoints/torch/<fingerprint>/fold_{k}/`` is one store unit holding either
+``last.pt`` (written after every epoch of a fold in training) or ``done.pt`` (a finished
+fold: best weights, OOF probabilities, scaler, curves), plus the store's ``done.json`` marker
+with checksums, so a damaged file is caught before ``torch.load``. Payloads load with
+``torch.load(weights_only=True)`` and carry ``version``, ``fingerprint`` and ``fold``; one
+that does not match, does not verify, or does not load is reported and never used.
 """
 
 from __future__ import annotations
 
 import logging
-import random
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import numpy as np
 import torch
 
-from cmi.io import write_with
+from cmi.checkpoint import CheckpointError, CheckpointStore
+from cmi.nn.model import torch_save_writer
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: units of the generic store; OOF probabilities per view
 LAST_NAME = "last.pt"
 DONE_NAME = "done.pt"
+Kind = Literal["epoch", "finished"]
+_FILE_OF_KIND: dict[str, str] = {"epoch": LAST_NAME, "finished": DONE_NAME}
 
 log = logging.getLogger("cmi.nn.checkpoint")
 
 
-def fold_dir(checkpoint_root: Path, fingerprint: str, fold: int) -> Path:
-    return Path(checkpoint_root) / fingerprint / f"fold_{fold}"
+@dataclass(frozen=True)
+class FoldCheckpoint:
+    """A verified payload of one fold: an epoch snapshot or a finished fold."""
+
+    kind: Kind
+    path: Path
+    payload: dict[str, Any]
 
 
-def save_payload(payload: dict[str, Any], path: Path) -> None:
-    """Atomically torch.save ``payload`` (temp file, fsync, os.replace: timm-style)."""
-    _save_through_handle(payload, path)
+def fold_unit(fold: int) -> str:
+    return f"fold_{fold}"
 
 
-def save_state_dict(state: dict[str, Any], path: Path) -> None:
-    """Atomically write a state_dict whose bytes depend only on the tensors.
+def _header(store: CheckpointStore, fold: int) -> dict[str, Any]:
+    return {"version": CHECKPOINT_VERSION, "fingerprint": store.key, "fold": fold}
 
-    torch.save given a path names its zip archive after the file, so writing through a random
-    temp name made identical weights hash differently (DVC saw a change, tests saw a diff).
-    Through a file handle the archive is always named "archive".
+
+def save_fold_checkpoint(
+    store: CheckpointStore, fold: int, kind: Kind, payload: dict[str, Any]
+) -> Path:
+    """Replace fold ``fold``'s unit by this payload (atomically, as the store does)."""
+    body = {**_header(store, fold), **payload}
+    meta = {"kind": kind, "epoch": int(payload.get("epoch", payload.get("best_epoch", 0)))}
+    return store.save(fold_unit(fold), {_FILE_OF_KIND[kind]: torch_save_writer(body)}, meta=meta)
+
+
+def load_fold_checkpoint(store: CheckpointStore, fold: int) -> FoldCheckpoint | None:
+    """Fold ``fold``'s checkpoint if it verifies, loads and belongs to this run; else None.
+
+    Every reason to ignore one is logged (the stage's log is how a user learns that a
+    checkpoint was not used, and tests read it).
     """
-
-    _save_through_handle(state, path)
-
-
-def _save_through_handle(obj: dict[str, Any], path: Path) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as handle:
-            torch.save(obj, handle)
-
-    write_with(path, write)
-
-
-def load_payload(path: Path, fingerprint: str, fold: int) -> dict[str, Any] | None:
-    """The payload at ``path`` if it exists, loads and belongs to this run; else None (logged)."""
-    path = Path(path)
-    if not path.exists():
+    unit_dir = store.unit_dir(fold_unit(fold))
+    if not unit_dir.exists():
         return None
+    try:
+        unit = store.load(fold_unit(fold))
+    except CheckpointError as error:
+        if not store.is_done(fold_unit(fold)):
+            log.warning("fold %d: ignoring checkpoint %s: %s", fold, unit_dir, error)
+        else:
+            log.warning(
+                "fold %d: checkpoint %s is unreadable (%s); restarting the fold",
+                fold,
+                unit_dir,
+                error,
+            )
+        return None
+    kind = unit.meta.get("kind")
+    if kind not in _FILE_OF_KIND:
+        log.warning("fold %d: ignoring checkpoint %s: unknown kind %r", fold, unit_dir, kind)
+        return None
+    path = unit.file(_FILE_OF_KIND[kind])
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # any truncation/corruption shows up as some exception here
+        first_line = str(error).splitlines()[0] if str(error) else ""
         log.warning(
             "fold %d: checkpoint %s is unreadable (%s: %s); restarting the fold",
             fold,
             path,
             type(error).__name__,
-            str(error).splitlines()[0] if str(error) else "",
+            first_line,
         )
         return None
-    expected = {"version": CHECKPOINT_VERSION, "fingerprint": fingerprint, "fold": fold}
+    expected = _header(store, fold)
     found = {key: payload.get(key) for key in expected} if isinstance(payload, dict) else None
     if found != expected:
         log.warning(
             "fold %d: ignoring checkpoint %s: it is for %s, not %s", fold, path, found, expected
         )
         return None
-    return payload
+    return FoldCheckpoint(kind, path, payload)
 
 
-def rng_state() -> dict[str, Any]:
-    """Python, numpy and torch RNG states as weights_only-safe lists and tensors."""
-    py_version, py_internal, py_gauss = random.getstate()
-    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": [py_version, list(py_internal), py_gauss],
-        "numpy": [
-            np_kind,
-            torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
-            int(np_pos),
-            int(np_has_gauss),
-            float(np_gauss),
-        ],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    py_version, py_internal, py_gauss = state["python"]
-    random.setstate((py_version, tuple(py_internal), py_gauss))
-    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
-    keys = np.asarray(np_keys.numpy(), dtype=np.uint32)
-    np.random.set_state((np_kind, keys, np_pos, np_has_gauss, np_gauss))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        cuda_states = state["cuda"]
-        if len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_states)
+def discard_fold(store: CheckpointStore, fold: int) -> None:
+    store.discard(fold_unit(fold))

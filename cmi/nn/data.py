@@ -21,7 +21,8 @@ from cmi.features import is_modality_channel
 __all__ = [
     "FILL_VALUE",
     "Scaler",
-    "frame_channels",
+    "imu_only_view",
+    "input_channels",
     "is_modality_channel",
     "modality_indices",
     "pad_length",
@@ -35,13 +36,28 @@ MIN_STD = 1e-6
 KEEP_MODES: tuple[str, ...] = ("end", "start")
 
 
-def frame_channels(frame_features: pl.DataFrame) -> list[str]:
-    """Input channels of a frame_features table, in file order."""
+def input_channels(frame_features: pl.DataFrame) -> list[str]:
+    """The network's input channels: every column of a frame_features table but the ids, in
+    file order (``cmi.features.frame_channels(params)`` is the list extract writes)."""
     return [c for c in frame_features.columns if c not in ID_COLUMNS]
 
 
 def modality_indices(channels: Sequence[str]) -> np.ndarray:
     return np.array([i for i, c in enumerate(channels) if is_modality_channel(c)], dtype=np.int64)
+
+
+def imu_only_view(x: np.ndarray, modality_idx: np.ndarray) -> np.ndarray:
+    """The padded input (N, T, C) of the same sequences with every thm/ToF value null.
+
+    That is how the hidden test presents its IMU-only half: the raw thm/tof columns are
+    null, so ``cmi.features`` makes every modality channel null (IMU channels do not depend
+    on them), and ``Scaler.transform`` turns nulls into FILL_VALUE. Padded steps are
+    FILL_VALUE already, so the whole modality slice becomes FILL_VALUE.
+    """
+    out = np.array(x, dtype=np.float32, copy=True)
+    if modality_idx.size:
+        out[:, :, modality_idx] = FILL_VALUE
+    return out
 
 
 @dataclass(frozen=True)

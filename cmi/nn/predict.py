@@ -15,12 +15,12 @@ from cmi.nn.model import TimeSeriesNet, load_state_dict_file
 
 
 @torch.no_grad()
-def predict_proba(
+def network_proba(
     model: nn.Module, x: np.ndarray, mask: np.ndarray, batch_size: int = 256
 ) -> np.ndarray:
     """Softmax probabilities (N, 18) float64, rows summing to 1, in eval mode."""
     if x.ndim != 3 or mask.shape != x.shape[:2]:
-        raise ValueError(f"predict_proba: x {x.shape} and mask {mask.shape} do not match")
+        raise ValueError(f"network_proba: x {x.shape} and mask {mask.shape} do not match")
     was_training = model.training
     if was_training:  # eval() walks every module: skip it for a model already in eval mode
         model.eval()
