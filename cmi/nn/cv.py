@@ -3,8 +3,8 @@
 ``run_torch_cv`` mirrors ``cmi.lgbm.run_cv``: for each fold it reuses a finished fold from
 the checkpoint store, or trains it (resuming from its last epoch), then saves it finished.
 The store's fingerprint covers the stage's inputs, its params (``cv``, ``torch`` and ``eval``,
-whose ``imu_only_share`` weighs the views that pick the epoch), the code in ``CODE_FILES``
-(the same list as the stage's deps in dvc.yaml) and torch's version.
+whose ``imu_only_share`` weighs the views that pick the epoch), the ``cmi`` code the stage's
+deps in dvc.yaml list (``code_files``) and torch's version.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import torch
+import yaml
 
 from cmi.checkpoint import CheckpointStore
 from cmi.evaluation import check_share
@@ -34,16 +35,7 @@ from cmi.paths import ProjectPaths
 log = logging.getLogger("cmi.nn.cv")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-# The cmi code the torch stage runs (besides the ground floor: io, params, paths, schema;
-# cmi/features for ``is_modality_channel``). dvc.yaml's torch deps list the same paths;
-# tests/test_nn_cv.py checks that they agree.
-CODE_FILES: tuple[str, ...] = (
-    "cmi/nn",
-    "cmi/checkpoint.py",
-    "cmi/evaluation.py",
-    "cmi/metrics.py",
-    "cmi/features",
-)
+STAGE_NAME = "torch"
 
 
 @dataclass(frozen=True)
@@ -77,10 +69,24 @@ def read_training_data(paths: ProjectPaths, params: Params) -> TorchTrainingData
     return TorchTrainingData(frame_features, labeled, input_channels(frame_features))
 
 
-def code_files() -> list[Path]:
+def code_files(root: Path = REPO_ROOT) -> list[Path]:
+    """The ``cmi`` files the torch stage lists as deps in dvc.yaml (a folder: its .py files).
+
+    Read from dvc.yaml itself, so the fingerprint hashes exactly the code whose change makes
+    DVC rerun the stage: a rerun for changed code never reuses checkpoints made by the old.
+    """
+    dvc_yaml = root / "dvc.yaml"
+    try:
+        deps = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8"))["stages"][STAGE_NAME]["deps"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError) as error:
+        raise ValueError(f"{dvc_yaml}: no deps for stage {STAGE_NAME!r} ({error})") from error
     files: list[Path] = []
-    for rel in CODE_FILES:
-        path = REPO_ROOT / rel
+    for dep in deps:
+        if not str(dep).startswith("cmi/") and str(dep) != "cmi":
+            continue
+        path = root / dep
+        if not path.exists():
+            raise FileNotFoundError(f"{dvc_yaml}: stage {STAGE_NAME!r} dep {dep} does not exist")
         files += sorted(path.rglob("*.py")) if path.is_dir() else [path]
     return files
 
@@ -95,7 +101,7 @@ def fingerprint_params(params: Params) -> dict[str, Any]:
 
 
 def checkpoint_store(base: Path, input_files: Sequence[Path], params: Params) -> CheckpointStore:
-    """Fold checkpoints keyed by inputs, params, code (``CODE_FILES``) and torch's version."""
+    """Fold checkpoints keyed by inputs, params, code (``code_files``) and torch's version."""
     salt = f"torch/v{ckpt.CHECKPOINT_VERSION}/torch-{torch.__version__}"
     files = [*input_files, *code_files()]
     return CheckpointStore.for_inputs(base, files, fingerprint_params(params), salt)
