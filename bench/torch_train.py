@@ -3,7 +3,8 @@
 Makes demo data in /tmp/cmi-bench/demo and a featurized project in /tmp/cmi-bench/project-demo
 when they are missing (cmi synth, stages/extract.py, stages/make_folds.py), then, with the
 params.yaml torch settings of this repo:
-  - training: sequences/second of fold 0, median over a few epochs (training steps only);
+  - training: sequences/second of fold 0, median over a few epochs (training steps only), per
+    core (per process-CPU-second), 1 thread vs all as a ratio, and the share of padded steps;
   - inference: milliseconds to predict ONE sequence with a fold model (median, p99 over a few
     hundred calls), model only and to_padded + model;
 on CPU, and on CUDA too when a GPU is visible. About 2-4 minutes on 2 cores.
@@ -33,7 +34,8 @@ from cmi.nn.fold_data import labeled_sequences, prepare_fold
 from cmi.nn.model import architecture_kwargs
 from cmi.nn.predict import network_proba
 from cmi.nn.runtime import Distributed, configure_torch
-from cmi.nn.train import new_run, steps_per_epoch, train_epoch
+from cmi.nn.train import epoch_batches, new_run, steps_per_epoch, train_epoch
+from cmi.nn.views import predict_views
 from cmi.params import load_params
 from cmi.paths import ProjectPaths
 
@@ -64,7 +66,9 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def bench_training(inputs, params, device: torch.device, epochs: int):
+def bench_training(inputs, params, device: torch.device, epochs: int, threads: int):
+    """Timed epochs at ``threads`` intra-op threads: wall rates, CPU-second rate, val seconds."""
+    torch.set_num_threads(threads)
     arch = architecture_kwargs(
         inputs.train.x.shape[2],
         params.conv_channels,
@@ -86,9 +90,29 @@ def bench_training(inputs, params, device: torch.device, epochs: int):
         rates.append(len(inputs.train) / (time.perf_counter() - started))
         cpu_rates.append(len(inputs.train) / (time.process_time() - cpu_started))
     started = time.perf_counter()
-    network_proba(run.model, inputs.scored.x, inputs.scored.mask)
+    predict_views(run.model, inputs.inner, inputs.modality_idx)  # what each epoch validates
     val_seconds = time.perf_counter() - started
     return run.model, rates, statistics.median(cpu_rates), val_seconds
+
+
+def padding_report(inputs, batch_size: int) -> str:
+    """How much of the computed time steps are padding, and what other batchings would leave.
+
+    The network is not invariant to the number of leading pad steps (the forward LSTM and GRU
+    run over them from a zero state), so bucketing would change what it computes at inference
+    (padded to pad_len); packed sequences would make it exact but cost ~1.6x per batch on CPU.
+    """
+    mask = inputs.train.mask
+    lengths = mask.sum(axis=1)
+    generator = torch.Generator().manual_seed(0)
+    batches = epoch_batches(len(lengths), batch_size, generator)
+    longest = np.mean([lengths[b.numpy()].max() for b in batches]) / inputs.pad_len
+    return (
+        f"padding: {1 - mask.mean():.0%} of the training time steps are padding "
+        f"(pad_len {inputs.pad_len}, mean length {lengths.mean():.0f}); padding each random "
+        f"batch to its longest would still compute {longest:.1%} of the steps, length-bucketed "
+        f"batches about {mask.mean():.0%}"
+    )
 
 
 def bench_inference(model, inputs, frames: pl.DataFrame, channels, device, calls: int):
@@ -111,6 +135,23 @@ def bench_inference(model, inputs, frames: pl.DataFrame, channels, device, calls
             model_ms.append((middle - started) * 1e3)
             full_ms.append((time.perf_counter() - middle) * 1e3)
     return model_ms, full_ms
+
+
+def thread_comparison(inputs, params, device: torch.device, threads: int, rounds: int = 3) -> str:
+    """1 thread vs ``threads``, interleaved epochs (medians of ``rounds``), as ratios."""
+    results: dict[int, list[tuple[float, float]]] = {1: [], threads: []}
+    for _ in range(rounds):
+        for n in results:
+            _, rates, cpu_rate, _ = bench_training(inputs, params, device, 1, n)
+            results[n].append((rates[0], cpu_rate))
+    torch.set_num_threads(threads)
+    wall = {n: statistics.median(r[0] for r in v) for n, v in results.items()}
+    cpu = {n: statistics.median(r[1] for r in v) for n, v in results.items()}
+    return (
+        f"threads: {threads} vs 1, medians of {rounds} interleaved epochs: wall "
+        f"{wall[threads]:.0f} vs {wall[1]:.0f} sequences/s (x{wall[threads] / wall[1]:.2f}), per "
+        f"CPU-second {cpu[threads]:.0f} vs {cpu[1]:.0f} (x{cpu[threads] / cpu[1]:.2f})"
+    )
 
 
 def main() -> None:
@@ -136,24 +177,35 @@ def main() -> None:
         f"{list(params.conv_channels)}, lstm {params.lstm_hidden}, gru {params.gru_hidden}"
     )
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    print(padding_report(inputs, params.batch_size))
     for device in devices:
         threads = configure_torch(device)
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         print(f"\n== {device} ({threads} CPU threads, load average {load:.1f})")
-        model, rates, cpu_rate, val_seconds = bench_training(inputs, params, device, args.epochs)
+        model, rates, cpu_rate, val_seconds = bench_training(
+            inputs, params, device, args.epochs, threads
+        )
         median_rate = statistics.median(rates)
         epoch_s = len(inputs.train) / median_rate + val_seconds
         stage_s = epoch_s * params.epochs * n_folds
         print(
             f"training: {median_rate:.0f} sequences/s (median of {len(rates)} epochs: "
-            f"{', '.join(f'{r:.0f}' for r in rates)}); validation pass {val_seconds:.2f} s"
+            f"{', '.join(f'{r:.0f}' for r in rates)}); inner validation, both views, "
+            f"{val_seconds:.2f} s"
         )
-        # Per CPU-second of this process: less sensitive to other load on a shared machine.
-        print(f"  {cpu_rate:.0f} sequences per process-CPU-second (all threads together)")
+        if device.type == "cpu":
+            # Per CPU-second of this process: what one core delivers, and less sensitive
+            # to other load on a shared machine than the wall rate.
+            print(
+                f"  per core: {cpu_rate:.0f} sequences per process-CPU-second; wall "
+                f"{median_rate / threads:.0f} sequences/s per thread"
+            )
         print(
             f"  -> about {epoch_s:.1f} s per epoch, {stage_s / 60:.1f} min for "
             f"{params.epochs} epochs x {n_folds} folds (the whole stage, data prep excluded)"
         )
+        if device.type == "cpu" and threads > 1:
+            print(thread_comparison(inputs, params, device, threads))
         model_ms, full_ms = bench_inference(model, inputs, frames, channels, device, args.calls)
         for name, values in (("model only", model_ms), ("to_padded + model", full_ms)):
             print(
