@@ -115,6 +115,20 @@ def test_each_stage_lists_only_the_params_it_reads() -> None:
     assert "torch.py" not in {Path(s["cmd"].split()[-1]).name for s in stages.values()}
 
 
+def test_tests_reach_the_real_sample_only_through_its_fixture() -> None:
+    """So exactly the tests that read it carry the real_sample mark (tests/conftest.py) and
+    everything else runs on a clone without ../shared; and no test knows an absolute path."""
+    for path in sorted((REPO_ROOT / "tests").glob("*.py")):
+        if path.name == Path(__file__).name:  # names them to check them
+            continue
+        text = path.read_text(encoding="utf-8")
+        if path.name not in ("conftest.py", "pipeline_helpers.py"):
+            assert "REAL_SAMPLE" not in text, f"{path.name}: use the real_sample fixture"
+            assert "pytestmark = pytest.mark.real_sample" not in text, path.name
+        for absolute in ("/work/shared", "/work/main"):
+            assert absolute not in text, f"{path.name}: absolute path {absolute}"
+
+
 def test_no_pickle_is_tracked() -> None:
     tracked = subprocess.run(
         ["git", "ls-files"], cwd=REPO_ROOT, capture_output=True, text=True, check=True

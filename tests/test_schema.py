@@ -206,11 +206,13 @@ def _lines(path: Path) -> list[bytes]:
 
 
 def test_truncated_last_row_is_refused(raw_dir: Path) -> None:
-    """An interrupted download: the last row stops mid-way (fewer fields, no line end)."""
+    """An interrupted download: the last row stops half-way, at a field boundary, so every
+    value it has parses (polars alone fills the missing fields with nulls, silently)."""
     train = raw_dir / "train.csv"
     lines = _lines(train)
     n_rows = len(lines) - 1
-    train.write_bytes(b"".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
+    cut = lines[-1].rfind(b",", 0, len(lines[-1]) // 2)
+    train.write_bytes(b"".join(lines[:-1]) + lines[-1][:cut])
     with pytest.raises(SchemaError, match=rf"train\.csv: data row {n_rows} \(line {n_rows + 1}\)"):
         read_raw_dir(raw_dir)
 
