@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from cmi.nn.cv import REPO_ROOT, checkpoint_store, code_files
-from cmi.nn.data import FILL_VALUE, imu_only_view
+from cmi.nn.data import FILL_VALUE, imu_only_inputs
 from cmi.nn.fold_data import PaddedPart
 from cmi.nn.model import TimeSeriesNet
 from cmi.nn.train import CURVE_COLUMNS
@@ -75,7 +75,7 @@ def part_with_groups() -> PaddedPart:
 
 def test_imu_only_view_fills_only_modality_channels() -> None:
     part = part_with_groups()
-    view = imu_only_view(part.x, np.array([3, 4]))
+    view = imu_only_inputs(part.x, np.array([3, 4]))
     assert np.all(view[:, :, 3:] == FILL_VALUE)
     np.testing.assert_array_equal(view[:, :, :3], part.x[:, :, :3])
     np.testing.assert_array_equal(view[1], part.x[1])  # natively IMU-only: unchanged

@@ -12,7 +12,8 @@ import pytest
 import torch
 from pipeline_helpers import copy_project, run_stage
 
-from cmi.nn.data import Scaler, imu_only_view, modality_indices, to_padded
+from cmi.evaluation import check_oof
+from cmi.nn.data import Scaler, imu_only_inputs, modality_indices, to_padded
 from cmi.nn.model import TimeSeriesNet, load_state_dict_file
 from cmi.nn.predict import load_fold_model, network_proba
 from cmi.nn.train import CURVE_COLUMNS
@@ -95,6 +96,7 @@ def test_stage_writes_every_output(torch_run: tuple[Path, str]) -> None:
     native_full = sequences.filter(pl.col("sensor_group") == "full")["sequence_id"]
     assert sorted(full["sequence_id"]) == sorted(native_full)
     assert oof.select("sequence_id", "view").is_duplicated().sum() == 0
+    check_oof(oof)  # the shared contract's own check
     assert sequences["sensor_group"].n_unique() == 2  # tiny data has both kinds
 
     metrics = json.loads(paths.metrics("torch").read_text())
@@ -171,7 +173,7 @@ def test_imu_only_view_is_what_the_hidden_test_gives(torch_run: tuple[Path, str]
     seen = recorded.filter(pl.col("sequence_id").is_in(ids))
     x_rec, mask_rec, ids_rec = to_padded(seen, fm.channels, fm.scaler, fm.pad_len, fm.keep)
     assert ids_hidden == ids_rec == ids
-    view = imu_only_view(x_rec, modality_indices(fm.channels))
+    view = imu_only_inputs(x_rec, modality_indices(fm.channels))
     assert not np.array_equal(view, x_rec)  # the view really removed thm/ToF
     np.testing.assert_array_equal(mask_hidden, mask_rec)
     np.testing.assert_allclose(view, x_hidden, rtol=0, atol=1e-6)

@@ -18,7 +18,7 @@ from typing import Any
 
 import polars as pl
 
-from cmi.evaluation import view_scores
+from cmi.evaluation import check_oof, view_scores
 from cmi.io import write_json, write_parquet
 from cmi.metrics import summarize_oof
 from cmi.nn.model import architecture_kwargs, save_state_dict
@@ -116,6 +116,7 @@ def write_torch_outputs(
         )
     write_json(torch_meta(results, channels, params.torch), out_dir / "meta.json")
     oof = oof_frame(results, labeled)
+    check_oof(oof, str(paths.oof("torch")))
     write_parquet(oof, paths.oof("torch"))
     metrics = torch_metrics(oof, results, params.eval.imu_only_share)
     metrics["wall_time_s"] = round(wall_time_s, 2)

@@ -14,20 +14,14 @@ import numpy as np
 import polars as pl
 from torch import nn
 
+from cmi.evaluation import OOF_COLUMNS as KEY_COLUMNS
 from cmi.evaluation import view_scores
-from cmi.nn.data import imu_only_view
+from cmi.nn.data import imu_only_inputs
 from cmi.nn.fold_data import PaddedPart
 from cmi.nn.predict import network_proba
 from cmi.schema import N_CLASSES, PROBA_COLUMNS
 
-OOF_COLUMNS: tuple[str, ...] = (
-    "sequence_id",
-    "fold",
-    "y_true",
-    "sensor_group",
-    "view",
-    *PROBA_COLUMNS,
-)
+OOF_COLUMNS: tuple[str, ...] = (*KEY_COLUMNS, *PROBA_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -43,7 +37,7 @@ def predict_views(
 ) -> dict[str, ViewPredictions]:
     """``{"full": ..., "imu_only": ...}`` predictions of ``part`` (see the module docstring)."""
     full = np.flatnonzero(part.sensor_group == "full")
-    imu_x = imu_only_view(part.x, modality_idx)
+    imu_x = imu_only_inputs(part.x, modality_idx)
     return {
         "full": ViewPredictions(
             [part.ids[i] for i in full], network_proba(model, part.x[full], part.mask[full])
