@@ -135,8 +135,9 @@ def pooled_score(inputs: BlendInputs, proba: np.ndarray, imu_only_share: float) 
 
 
 def _pair(w_lgbm: float) -> dict:
-    w_lgbm = float(np.clip(w_lgbm, 0.0, 1.0))
-    return {"lgbm": w_lgbm, "torch": 1.0 - w_lgbm}
+    # Rounded so weights.json reads 0.45, not 0.44999999999999996 (1 - 0.55).
+    w_lgbm = round(float(np.clip(w_lgbm, 0.0, 1.0)), 6)
+    return {"lgbm": w_lgbm, "torch": round(1.0 - w_lgbm, 6)}
 
 
 def _objective(inputs: BlendInputs, w_lgbm: float, share: float) -> float:

@@ -42,9 +42,14 @@ def stage_metrics(paths: ProjectPaths, stage: str) -> dict | None:
 
 
 def summary_rows(paths: ProjectPaths) -> list[tuple[str, dict]]:
-    """(name, metrics with full / imu_only / test_like) for every model that has them."""
-    rows = [(stage, m) for stage in TRAINING_STAGES if (m := stage_metrics(paths, stage))]
+    """(name, metrics with full / imu_only / test_like) for every model that has them; a
+    training stage without its own file falls back to its scores in metrics/blend.json."""
     blend = _read(paths.metrics("blend")) or {}
+    rows = []
+    for stage in TRAINING_STAGES:
+        metrics = stage_metrics(paths, stage) or blend.get(stage)
+        if has_views(metrics):
+            rows.append((stage, metrics))
     for key, name in (("blend", "blend"), ("blend_fixed", "blend (fixed)")):
         if has_views(blend.get(key)):
             rows.append((name, blend[key]))

@@ -334,6 +334,10 @@ def test_stage_writes_every_output(tmp_path: Path, complementary_pair) -> None:
     weights = json.loads((root / "models" / "blend" / "weights.json").read_text())
     assert weights == metrics["weights"]
     assert set(weights["by_sensor_group"]) == {"full", "imu_only"}
+    for pair in [weights["default"], *weights["by_sensor_group"].values()]:
+        # Readable numbers (0.45, not 1 - 0.55 = 0.44999999999999996) that still sum to 1.
+        assert all(round(v, 6) == v for v in pair.values()), pair
+        assert pair["lgbm"] + pair["torch"] == pytest.approx(1.0, abs=1e-9)
 
     blend = pl.read_parquet(root / "data" / "oof" / "blend.parquet")
     check_oof(blend, "blend.parquet")

@@ -63,6 +63,10 @@ def test_metrics_without_views_are_skipped(tmp_path: Path) -> None:
     assert stage_metrics(paths, "lgbm")["test_like"]["score"] == 0.7
     (paths.live_dir("lgbm") / "metrics.json").write_text(json.dumps({"per_fold_test_like": {}}))
     assert stage_metrics(paths, "lgbm") is None  # a run still going: no final numbers yet
+    # The blend's copy of lgbm's scores stands in; without it, no lgbm row.
+    assert dict(summary_rows(paths))["lgbm"]["test_like"]["score"] == 0.7
+    blend = json.loads(paths.metrics("blend").read_text())
+    write_json({k: v for k, v in blend.items() if k != "lgbm"}, paths.metrics("blend"))
     assert next(name for name, _ in summary_rows(paths)) == "torch"
 
 
