@@ -80,6 +80,35 @@ class EvalParams:
 
 
 @dataclass(frozen=True)
+class OrientationParams:
+    """The small orientation classifier post-processing uses (IMU features only)."""
+
+    n_estimators: int = 300
+    learning_rate: float = 0.1
+    num_leaves: int = 15
+    min_child_samples: int = 10
+    feature_fraction: float = 0.25
+    bagging_fraction: float = 0.8
+    bagging_freq: int = 1
+    lambda_l2: float = 1.0
+    early_stopping_rounds: int = 30
+    refit_full: bool = True
+    n_jobs: int = 2
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class PostprocessParams:
+    """Subject-level post-processing (cmi.postprocess) and its gateway replay."""
+
+    method: Literal["assignment", "gesture_counts", "none"] = "assignment"
+    mode: Literal["resolve", "pinned"] = "resolve"
+    combine: Literal["max", "product", "bayes"] = "max"
+    n_orders: int = 5
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Params:
     extract: ExtractParams = field(default_factory=ExtractParams)
     cv: CVParams = field(default_factory=CVParams)
@@ -87,6 +116,8 @@ class Params:
     torch: TorchParams = field(default_factory=TorchParams)
     ensemble: EnsembleParams = field(default_factory=EnsembleParams)
     eval: EvalParams = field(default_factory=EvalParams)
+    orientation: OrientationParams = field(default_factory=OrientationParams)
+    postprocess: PostprocessParams = field(default_factory=PostprocessParams)
 
 
 T = TypeVar("T")
@@ -123,6 +154,8 @@ def params_from_dict(raw: dict[str, Any]) -> Params:
         "torch": TorchParams,
         "ensemble": EnsembleParams,
         "eval": EvalParams,
+        "orientation": OrientationParams,
+        "postprocess": PostprocessParams,
     }
     return Params(**{name: _build(cls, name, raw.get(name)) for name, cls in classes.items()})
 
