@@ -12,10 +12,8 @@ class order of ``cmi.schema.GESTURES``, even when a fold's training part lacks a
 
 from cmi.lgbm.cv import (
     CHECKPOINT_FORMAT,
-    CODE_MODULES,
+    STAGE_SCRIPT,
     checkpoint_store,
-    code_dependencies,
-    code_digest,
     fingerprint_params,
     fold_oof_frame,
     gain_importance,
@@ -47,16 +45,14 @@ from cmi.lgbm.train import (
 
 __all__ = [
     "CHECKPOINT_FORMAT",
-    "CODE_MODULES",
     "SENSOR_GROUPS",
+    "STAGE_SCRIPT",
     "FoldResult",
     "TrainingSet",
     "booster_params",
     "both_views",
     "build_training_set",
     "checkpoint_store",
-    "code_dependencies",
-    "code_digest",
     "fingerprint_params",
     "fold_oof_frame",
     "gain_importance",

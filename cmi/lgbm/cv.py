@@ -17,9 +17,9 @@ import numpy as np
 import polars as pl
 from tqdm.auto import tqdm
 
+from cmi import deps
 from cmi.checkpoint import CheckpointError, CheckpointStore, write_text_file
 from cmi.evaluation import view_scores
-from cmi.io import sha256_file
 from cmi.lgbm.data import TrainingSet, is_modality_feature
 from cmi.lgbm.train import FoldResult, inner_fold, train_fold
 from cmi.params import LgbmParams, Params, section_dict
@@ -28,15 +28,9 @@ from cmi.schema import GESTURES, N_CLASSES, PROBA_COLUMNS
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "lgbm-fold-v2"
-_REPO_DIR = Path(__file__).resolve().parents[2]
-# The code a fold's result depends on; the stage's dvc.yaml deps list the same paths.
-CODE_MODULES: tuple[str, ...] = (
-    "cmi.lgbm",
-    "cmi.checkpoint",
-    "cmi.evaluation",
-    "cmi.metrics",
-    "cmi.features",
-)
+# The stage whose code (the script and every cmi module it reaches, cmi.deps) keys checkpoints;
+# dvc.yaml's deps list the same files (tests/test_deps.py).
+STAGE_SCRIPT = "stages/train_lgbm.py"
 _PROBA_FILES = {"recorded": "proba_recorded.parquet", "imu_only": "proba_imu_only.parquet"}
 
 
@@ -53,33 +47,9 @@ def fingerprint_params(params: Params) -> dict[str, Any]:
     }
 
 
-def code_dependencies() -> list[str]:
-    """``CODE_MODULES`` as repo paths: a package's folder (``cmi/lgbm``) or a module's file
-    (``cmi/metrics.py``), whichever exists."""
-    paths = []
-    for module in CODE_MODULES:
-        relative = Path(*module.split("."))
-        if (_REPO_DIR / relative).is_dir():
-            paths.append(relative.as_posix())
-        elif (_REPO_DIR / relative.with_suffix(".py")).is_file():
-            paths.append(relative.with_suffix(".py").as_posix())
-        else:
-            raise FileNotFoundError(f"{_REPO_DIR / relative}(.py): module {module} not found")
-    return paths
-
-
-def code_digest() -> str:
-    """sha256 over the files of ``code_dependencies()`` (every .py of a package)."""
-    files: list[Path] = []
-    for dependency in code_dependencies():
-        path = _REPO_DIR / dependency
-        files += sorted(path.glob("*.py")) if path.is_dir() else [path]
-    return "-".join(f"{p.relative_to(_REPO_DIR)}:{sha256_file(p)[:16]}" for p in files)
-
-
 def checkpoint_store(base: Path, input_files: Sequence[Path], params: Params) -> CheckpointStore:
-    """Fold checkpoints keyed by inputs, params, the code and LightGBM's version."""
-    salt = f"{CHECKPOINT_FORMAT}/lightgbm-{lgb.__version__}/code-{code_digest()}"
+    """Fold checkpoints keyed by inputs, params, the stage's code and the library versions."""
+    salt = f"{CHECKPOINT_FORMAT}/code-{deps.code_digest(STAGE_SCRIPT)}"
     return CheckpointStore.for_inputs(base, input_files, fingerprint_params(params), salt)
 
 
