@@ -5,6 +5,7 @@ The class index every model uses is the position of a gesture in ``GESTURES``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,9 +144,14 @@ class RawData:
     test_demographics: pl.DataFrame
 
 
-def read_csv_checked(path: Path, schema: dict[str, type[pl.DataType]]) -> pl.DataFrame:
+def read_csv_checked(
+    path: Path,
+    schema: dict[str, type[pl.DataType]],
+    reader: Callable[..., pl.DataFrame] = pl.read_csv,
+) -> pl.DataFrame:
     """Read one raw CSV with the expected dtypes, raising SchemaError that names the file (and,
-    for a bad value, its column and 1-based data row)."""
+    for a bad value, its column and 1-based data row). ``reader`` parses the checked file
+    (``pl.read_csv``'s call; the extract stage's also computes features while it parses)."""
     path = Path(path)
     if not path.exists():
         raise SchemaError(
@@ -160,7 +166,7 @@ def read_csv_checked(path: Path, schema: dict[str, type[pl.DataType]]) -> pl.Dat
     # polars fills a short row with nulls without a word: count the fields first.
     check_row_shapes(path, len(schema))
     try:
-        frame = pl.read_csv(path, schema=schema)
+        frame = reader(path, schema=schema)
     except (pl.exceptions.ComputeError, pl.exceptions.InvalidOperationError) as err:
         raise SchemaError(_first_bad_value(path, schema)) from err
     if frame.height == 0:
@@ -326,11 +332,17 @@ def validate_demographics(
         )
 
 
-def read_raw_dir(raw_dir: Path, *, with_test: bool = True) -> RawData:
-    """Read and validate the competition CSVs in ``raw_dir``; SchemaError names the bad file."""
+def read_raw_dir(
+    raw_dir: Path,
+    *,
+    with_test: bool = True,
+    train_reader: Callable[..., pl.DataFrame] = pl.read_csv,
+) -> RawData:
+    """Read and validate the competition CSVs in ``raw_dir``; SchemaError names the bad file.
+    ``train_reader`` parses train.csv (see ``read_csv_checked``)."""
     raw_dir = Path(raw_dir)
     train_path = raw_dir / "train.csv"
-    train = read_csv_checked(train_path, TRAIN_SCHEMA)
+    train = read_csv_checked(train_path, TRAIN_SCHEMA, train_reader)
     validate_sensor_frame(train_path, train, labelled=True)
     train_demo_path = raw_dir / "train_demographics.csv"
     train_demo = read_csv_checked(train_demo_path, DEMOGRAPHICS_SCHEMA)

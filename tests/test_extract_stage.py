@@ -1,18 +1,37 @@
-"""stages/extract.py on tiny synthetic data: the contract's three files, and bad input."""
+"""stages/extract.py on tiny synthetic data: the contract's three files, and bad input;
+cmi.extract's features-while-parsing give the whole table's features."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import polars as pl
 import pytest
 from pipeline_helpers import copy_project, run_stage
 
-from cmi.features import frame_channels, is_modality_channel, sequence_feature_names
+import cmi.extract
+from cmi.extract import extract
+from cmi.features import (
+    FeatureSet,
+    compute_features,
+    frame_channels,
+    is_modality_channel,
+    prepare_sensor_frame,
+    sequence_feature_names,
+)
 from cmi.io import sha256_file
-from cmi.params import load_params
+from cmi.params import ExtractParams, load_params
 from cmi.paths import ProjectPaths
-from cmi.schema import GESTURE_INDEX, GESTURES, TRAIN_ONLY_COLUMNS, TRAIN_SCHEMA
+from cmi.schema import (
+    DEMOGRAPHICS_SCHEMA,
+    GESTURE_INDEX,
+    GESTURES,
+    TRAIN_ONLY_COLUMNS,
+    TRAIN_SCHEMA,
+    SchemaError,
+)
+from cmi.sequences import SEQUENCES_SCHEMA as SEQUENCES_CONTRACT
 
 SEQUENCES_SCHEMA = {
     "sequence_id": pl.String,
@@ -33,7 +52,7 @@ def test_extract_writes_the_contract(tiny_features_project: Path) -> None:
     raw = pl.read_csv(paths.raw_dir / "train.csv", schema=TRAIN_SCHEMA)
 
     sequences = pl.read_parquet(paths.sequences)
-    assert dict(sequences.schema) == SEQUENCES_SCHEMA
+    assert dict(sequences.schema) == SEQUENCES_SCHEMA == SEQUENCES_CONTRACT
     assert sequences.height == raw["sequence_id"].n_unique()
     assert sequences["sequence_id"].is_unique().all()
     assert set(sequences["gesture"]) <= set(GESTURES)
@@ -103,3 +122,62 @@ def test_test_files_are_validated_too(
     result = run_stage("extract.py", root, check=False)
     assert result.returncode != 0
     assert broken in result.stderr
+
+
+# ----------------------------------------------------------------------------- cmi.extract
+
+
+def whole_table_features(raw_dir: Path, params: ExtractParams) -> FeatureSet:
+    train = pl.read_csv(raw_dir / "train.csv", schema=TRAIN_SCHEMA)
+    demographics = pl.read_csv(raw_dir / "train_demographics.csv", schema=DEMOGRAPHICS_SCHEMA)
+    return compute_features(prepare_sensor_frame(train), demographics, params)
+
+
+def assert_same_features(got: FeatureSet, expected: FeatureSet) -> None:
+    assert got.sequences.equals(expected.sequences)
+    assert got.sequence_features.equals(expected.sequence_features)
+    assert got.frame_features.equals(expected.frame_features)
+
+
+def test_features_while_parsing_are_the_whole_tables(
+    tiny_raw_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small batches, so sequences are cut at batch boundaries and carried to the next."""
+    monkeypatch.setattr(cmi.extract, "BATCH_ROWS", 997)
+    params = ExtractParams()
+    n_rows = pl.read_csv(tiny_raw_dir / "train.csv", columns=["row_id"]).height
+    assert n_rows > 5 * 997
+    outputs = extract(tiny_raw_dir, params)
+    assert_same_features(outputs.features, whole_table_features(tiny_raw_dir, params))
+    assert outputs.sequences["sequence_id"].equals(outputs.features.sequences["sequence_id"])
+
+
+def test_a_sequence_split_in_the_file_falls_back_to_the_whole_table(
+    tiny_raw_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counters still increase in file order, so the file validates; the batches see the
+    sequence twice, and the features come from the whole validated table instead."""
+    monkeypatch.setattr(cmi.extract, "BATCH_ROWS", 997)
+    raw_dir = tmp_path / "raw"
+    shutil.copytree(tiny_raw_dir, raw_dir)
+    train = pl.read_csv(raw_dir / "train.csv", schema=TRAIN_SCHEMA)
+    first = train["sequence_id"][0]
+    one = train.filter(pl.col("sequence_id") == first)
+    rest = train.filter(pl.col("sequence_id") != first)
+    pl.concat([one.head(5), rest, one.slice(5)]).write_csv(raw_dir / "train.csv")
+    params = ExtractParams()
+    outputs = extract(raw_dir, params)
+    assert_same_features(outputs.features, whole_table_features(raw_dir, params))
+    assert outputs.features.sequences["sequence_id"].is_unique().all()
+
+
+def test_a_bad_sensor_value_names_column_and_row(tiny_raw_dir: Path, tmp_path: Path) -> None:
+    raw_dir = tmp_path / "raw"
+    shutil.copytree(tiny_raw_dir, raw_dir)
+    train = pl.read_csv(raw_dir / "train.csv", schema=TRAIN_SCHEMA)
+    bad = train.with_columns(pl.col("thm_3").cast(pl.String))
+    row = pl.int_range(pl.len()) == 4321
+    bad = bad.with_columns(pl.when(row).then(pl.lit("warm")).otherwise("thm_3").alias("thm_3"))
+    bad.write_csv(raw_dir / "train.csv")
+    with pytest.raises(SchemaError, match=r"train\.csv: column 'thm_3', data row 4322.*'warm'"):
+        extract(raw_dir, ExtractParams())

@@ -511,6 +511,64 @@ def test_prepare_sensor_frame_coerces() -> None:
     assert prepared["tof_5_v63"].null_count() == 3
 
 
+# ----------------------------------------------------------------------------- layout and size
+
+
+def assert_same_features(got: FeatureSet, expected: FeatureSet, what: str) -> None:
+    assert got.sequences.equals(expected.sequences), what
+    assert got.sequence_features.equals(expected.sequence_features), what
+    assert got.frame_features.equals(expected.frame_features), what
+
+
+def test_row_layout_changes_nothing(
+    mixed_train: pl.DataFrame, demographics: pl.DataFrame, batch: FeatureSet
+) -> None:
+    """Whole sequences in any order are used in place; a sequence split in two runs, or frames
+    out of counter order, make the table sorted first. Either way: the same features."""
+    ids = batch.sequences["sequence_id"].to_list()
+    runs = {sid: mixed_train.filter(pl.col("sequence_id") == sid) for sid in ids}
+    order = np.random.default_rng(3).permutation(len(ids))
+    first = runs[ids[0]]
+    layouts = {
+        "sequences shuffled": pl.concat([runs[ids[i]] for i in order]),
+        "sequence split": pl.concat([first.head(10), *(runs[s] for s in ids[1:]), first[10:]]),
+        "frames reversed": mixed_train.reverse(),
+    }
+    for name, frame in layouts.items():
+        got = compute_features(prepare_sensor_frame(frame), demographics, PARAMS)
+        assert_same_features(got, batch, name)
+
+
+def test_large_table_paths_change_nothing(
+    mixed_train: pl.DataFrame,
+    demographics: pl.DataFrame,
+    batch: FeatureSet,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The paths only big tables take (blocks of sequences on threads, ToF sensors one per
+    call, the column-sum NaN/inf check, column-by-column outputs), forced on small data."""
+    from cmi.features import channels, compute, prepare, tables
+
+    counter = pl.col("sequence_counter")
+    odd = mixed_train.with_columns(
+        pl.when(counter == 3).then(float("nan")).otherwise(pl.col("acc_x")).alias("acc_x"),
+        pl.when(counter == 5).then(float("inf")).otherwise(pl.col("thm_2")).alias("thm_2"),
+    )
+    odd_prepared = prepare_sensor_frame(odd)
+    odd_expected = compute_features(odd_prepared, demographics, PARAMS)
+
+    monkeypatch.setattr(compute, "_BLOCK_ROWS", 60)
+    monkeypatch.setattr(compute, "_workers", lambda: 3)
+    monkeypatch.setattr(channels, "_TOF_CALL_VALUES", 64)
+    monkeypatch.setattr(prepare, "LARGE_TABLE_VALUES", 1_000)
+    monkeypatch.setattr(tables, "_SMALL_TABLE_VALUES", 100)
+    assert prepare_sensor_frame(odd).equals(odd_prepared)
+    assert odd_prepared["acc_x"].null_count() > 0 and odd_prepared["thm_2"].null_count() > 0
+    got = compute_features(prepare_sensor_frame(mixed_train), demographics, PARAMS)
+    assert_same_features(got, batch, "large-table paths")
+    assert_same_features(compute_features(odd, demographics, PARAMS), odd_expected, "NaN/inf")
+
+
 # ----------------------------------------------------------------------------- parity
 
 

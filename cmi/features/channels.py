@@ -1,14 +1,16 @@
 """Per-frame channels from raw sensor values, channel-major: (channels, rows).
 
-The input is one block of rows of whole sequences as a (rows, SENSOR_COLUMNS) Float64 array
-in column-major (Fortran) order, as polars hands it over: every sensor column is contiguous,
-so a ToF sensor's 64 pixels read as a C-contiguous (64, rows) array, which is also the layout
-that makes per-frame reductions over pixels fast.
+The input is one block of rows of whole sequences (``SensorBlock``): IMU and thermopile
+values row-major in float64, ToF pixels as one (5 * 64, rows) float32 array, the layout that
+makes per-frame reductions over a sensor's 64 pixels fast.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+import polars as pl
 
 from cmi import rotation
 from cmi.features.groups import Groups, fill_within_groups, hold_edge
@@ -41,8 +43,31 @@ _TOF = _columns(TOF_COLUMNS)
 _TOF_CALL_VALUES = 1 << 20  # pixels per tof_channels call: 4 MB of float32
 
 
+@dataclass(frozen=True)
+class SensorBlock:
+    """Raw sensor values of a block of rows (NaN = null)."""
+
+    acc: np.ndarray  # (R, 3) float64
+    rot: np.ndarray  # (R, 4) float64
+    thm: np.ndarray  # (R, 5) float64
+    tof: np.ndarray  # (5 * 64, R) float32: sensor 1's 64 pixels, then sensor 2's, ...
+
+    @classmethod
+    def from_frame(cls, sensor: pl.DataFrame) -> SensorBlock:
+        """From a table of exactly SENSOR_COLUMNS, all Float64: one copy out of polars
+        (column-major, so a sensor's pixels are contiguous per pixel), then the pixels to
+        float32 (faster than per-column conversions or a polars cast, measured)."""
+        values = sensor.to_numpy(order="fortran")
+        tof = values[:, _TOF].T.astype(np.float32)
+        return cls(values[:, _ACC], values[:, _ROT], values[:, _THM], tof)
+
+
 def imu_channels(
-    values: np.ndarray, groups: Groups, sampling_rate_hz: float, out: np.ndarray
+    acc_raw: np.ndarray,
+    rot_raw: np.ndarray,
+    groups: Groups,
+    sampling_rate_hz: float,
+    out: np.ndarray,
 ) -> None:
     """Writes the IMU channels into ``out`` (len(IMU_CHANNELS), R); never NaN.
 
@@ -52,7 +77,6 @@ def imu_channels(
     acceleration is acc minus the sequence's mean acc (gravity is the only acceleration that
     does not average out over a gesture, so the mean is the best gravity estimate we have).
     """
-    acc_raw, rot_raw = values[:, _ACC], values[:, _ROT]
     acc = fill_within_groups(acc_raw, np.isfinite(acc_raw), groups)
     acc = np.nan_to_num(acc, nan=0.0)
 
@@ -102,7 +126,7 @@ def n_tof_channels(tof_regions: bool) -> int:
 
 
 def tof_channels(pixels: np.ndarray, tof_regions: bool) -> np.ndarray:
-    """(S * 64, R) pixels of S consecutive ToF sensors -> their (S * k, R) float32 channels,
+    """(S * 64, R) float32 pixels of S consecutive ToF sensors -> their (S * k, R) channels,
     sensor-major (NaN where a sensor reported nothing in that frame).
 
     Pixels >= 0 are valid distances; negative values (-1) mean no reflection; null means the
@@ -112,15 +136,19 @@ def tof_channels(pixels: np.ndarray, tof_regions: bool) -> np.ndarray:
     quadrants r0 (top left), r1 (top right), r2 (bottom left), r3 (bottom right).
     """
     n_sensors, n_rows = pixels.shape[0] // N_TOF_PIXELS, pixels.shape[1]
-    pixels = pixels.astype(np.float32).reshape(n_sensors, N_TOF_PIXELS, n_rows)
-    n_reported = N_TOF_PIXELS - np.count_nonzero(np.isnan(pixels), axis=1)  # (S, R)
-    valid = (pixels >= 0) & (pixels < np.inf)  # False for NaN and for absurd values
-    masked = np.where(valid, pixels, np.float32(0.0))
+    pixels = pixels.reshape(n_sensors, N_TOF_PIXELS, n_rows)
     # (sensor, row half, row in half, column half, column in half, frame) -> per quadrant
     quadrants = (n_sensors, 2, 4, 2, 4, n_rows)
-    region_total = masked.reshape(quadrants).sum(axis=(2, 4)).reshape(n_sensors, 4, n_rows)
-    region_valid = valid.reshape(quadrants).sum(axis=(2, 4)).reshape(n_sensors, 4, n_rows)
+    valid = pixels >= 0  # False for NaN (absent) and negative (no reflection)
+    # fmax(NaN or -1, 0) is 0: the valid pixels' sum without a masked copy
+    region_total = np.fmax(pixels, np.float32(0)).reshape(quadrants).sum(axis=(2, 4))
+    if not np.isfinite(region_total).all():  # absurd values overflowed float32: not valid
+        valid &= pixels < np.inf
+        region_total = np.where(valid, pixels, np.float32(0)).reshape(quadrants).sum(axis=(2, 4))
+    region_total = region_total.reshape(n_sensors, 4, n_rows)
+    region_valid = _count(valid.reshape(quadrants), axis=(2, 4)).reshape(n_sensors, 4, n_rows)
     n_valid = region_valid.sum(axis=1)
+    n_reported = N_TOF_PIXELS - _count(np.isnan(pixels), axis=1)
     far = np.float32(TOF_NO_REFLECTION)
     out = np.empty((n_sensors, n_tof_channels(tof_regions), n_rows), dtype=np.float32)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -134,8 +162,14 @@ def tof_channels(pixels: np.ndarray, tof_regions: bool) -> np.ndarray:
     return out.reshape(-1, n_rows)
 
 
+def _count(mask: np.ndarray, axis: int | tuple[int, ...]) -> np.ndarray:
+    """How many are set along ``axis``, as int64; summed as bytes (at most 64 per frame
+    here), several times faster than numpy's bool sum, which widens every value."""
+    return np.add.reduce(mask.view(np.uint8), axis=axis, dtype=np.uint8).astype(np.int64)
+
+
 def modality_channels(
-    values: np.ndarray, groups: Groups, tof_regions: bool, out: np.ndarray
+    thm: np.ndarray, pixels: np.ndarray, groups: Groups, tof_regions: bool, out: np.ndarray
 ) -> np.ndarray:
     """Writes thm/tof channels into ``out`` (5 + 5 * k, R); returns per row whether any
     thm/tof value was reported (for sensor_group).
@@ -143,8 +177,7 @@ def modality_channels(
     Gaps inside a sequence are filled, a sensor silent for a whole sequence stays NaN.
     """
     n_thm, k = len(THM_COLUMNS), n_tof_channels(tof_regions)
-    out[:n_thm] = values[:, _THM].T
-    pixels = values[:, _TOF].T  # (5 * 64, R), C-contiguous for a column-major block
+    out[:n_thm] = thm.T
     # Several sensors per call for short blocks (fewer numpy calls: one sequence at
     # inference), one per call for long ones (temporaries stay in cache).
     per_call = max(1, min(N_TOF_SENSORS, _TOF_CALL_VALUES // (N_TOF_PIXELS * pixels.shape[1])))

@@ -3,39 +3,42 @@ frame features, for the whole train table and for one sequence at inference alik
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import polars as pl
 
-from cmi.features.channels import FLOAT32_MAX, imu_channels, modality_channels
+from cmi.features.channels import SensorBlock, imu_channels, modality_channels
 from cmi.features.groups import Groups
 from cmi.features.names import (
     DEMOGRAPHIC_FEATURES,
     IMU_CHANNELS,
-    SEQUENCE_TABLE_COLUMNS,
     channel_names,
     feature_names,
     n_segments,
 )
-from cmi.features.prepare import demographics_lookup, is_prepared, prepare_sensor_frame
+from cmi.features.prepare import is_prepared, prepare_sensor_frame
 from cmi.features.stats import sequence_statistics
+from cmi.features.tables import (
+    empty_tables,
+    finite_float32,
+    frame_table,
+    sequence_feature_table,
+    sequence_table,
+)
 from cmi.params import ExtractParams
 from cmi.schema import SENSOR_COLUMNS
 
 SEQUENCE_KEYS: tuple[str, ...] = ("sequence_id", "sequence_counter")
-SEQUENCE_TABLE_SCHEMA: dict[str, type[pl.DataType]] = dict(
-    zip(SEQUENCE_TABLE_COLUMNS, (pl.String, pl.String, pl.String, pl.Int32, pl.Int32), strict=True)
-)
 _SENSOR_LIST = list(SENSOR_COLUMNS)
 # Rows per block of whole sequences: the batch is computed block by block, so temporaries
 # stay in cache and below malloc's mmap threshold (no page faults for each one), ~2x faster
 # than whole-table arrays. Every result is per row or per sequence, so blocks change nothing.
 _BLOCK_ROWS = 16_384
-# Below this many values a Float32 table is built through one Array column (few polars
-# calls: what one sequence costs); above it column by column from zero-copy slices.
-_SMALL_TABLE_VALUES = 1_000_000
+_MAX_WORKERS = 4  # threads computing blocks of a large table
 
 
 @dataclass(frozen=True)
@@ -66,146 +69,148 @@ def compute_features(
     if not is_prepared(sensor):
         sensor = prepare_sensor_frame(sensor)
     if sensor.height == 0:
-        return _empty_feature_set(params)
-    sequence_ids = sensor.get_column("sequence_id").to_numpy()
-    if not _is_sorted(sequence_ids, sensor.get_column("sequence_counter").to_numpy()):
-        sensor = sensor.sort(SEQUENCE_KEYS, maintain_order=True)
-        sequence_ids = sensor.get_column("sequence_id").to_numpy()
+        return FeatureSet(*empty_tables(params))
+    sensor, groups, order = _layout(sensor)
     # Absurd inputs (1e300) may overflow; the results are clipped or nulled, so stay quiet.
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        return _compute_sorted(sensor, Groups.from_ids(sequence_ids), demographics, params)
+        return _compute(sensor, groups, order, demographics, params)
 
 
-def _is_sorted(sequence_ids: np.ndarray, counter: np.ndarray) -> bool:
-    """Whether rows are in (sequence_id, sequence_counter) order."""
-    same = sequence_ids[1:] == sequence_ids[:-1]
-    return bool(
-        np.all((sequence_ids[1:] > sequence_ids[:-1]) | (same & (counter[1:] >= counter[:-1])))
-    )
+def _layout(sensor: pl.DataFrame) -> tuple[pl.DataFrame, Groups, np.ndarray]:
+    """The table, its sequences as groups of rows in table order, and the groups' order by
+    sequence_id (the output order).
+
+    Each sequence must be one contiguous run of rows in counter order: validated train.csv
+    files are (rows of a sequence together, counters increasing), in whatever order of
+    sequences, and are used as they are. Anything else is sorted first: sorting all 335
+    columns of the train table cost more than computing every feature.
+    """
+    sequence_ids = sensor.get_column("sequence_id").to_numpy()
+    counter = sensor.get_column("sequence_counter").to_numpy()
+    groups = Groups.from_ids(sequence_ids)
+    group_ids = sequence_ids[groups.starts]
+    in_order = np.all((counter[1:] >= counter[:-1]) | (sequence_ids[1:] != sequence_ids[:-1]))
+    if in_order and len(set(group_ids.tolist())) == len(group_ids):
+        return sensor, groups, np.argsort(group_ids, kind="stable")
+    sensor = sensor.sort(SEQUENCE_KEYS, maintain_order=True)
+    groups = Groups.from_ids(sensor.get_column("sequence_id").to_numpy())
+    return sensor, groups, np.arange(len(groups.counts))
 
 
-def _compute_sorted(
-    sensor: pl.DataFrame, groups: Groups, demographics: pl.DataFrame | None, params: ExtractParams
+def _compute(
+    sensor: pl.DataFrame,
+    groups: Groups,
+    order: np.ndarray,
+    demographics: pl.DataFrame | None,
+    params: ExtractParams,
 ) -> FeatureSet:
+    """Every feature, computed block by block in table order and written straight into
+    float32 arrays in output order (no float64 copy of the whole table, no reordering
+    copy: at full size each one cost more in page faults than in arithmetic)."""
     names = channel_names(params.tof_regions)
-    n_imu, segments = len(IMU_CHANNELS), n_segments(params)
-    channels = np.empty((len(names), groups.n_rows))  # channel-major: fast group reductions
-    reported = np.empty(groups.n_rows, dtype=bool)
-    per_sequence = []
-    sensor_columns = sensor[_SENSOR_LIST]  # by name: polars' column-slice getitem is slow
-    for rows, block in groups.blocks(_BLOCK_ROWS):
-        part = sensor_columns.slice(rows.start, block.n_rows)
-        # (rows, sensor columns), column-major: each column one contiguous copy from polars
-        values = part.to_numpy(order="fortran")
-        out = channels[:, rows]
-        imu_channels(values, block, params.sampling_rate_hz, out=out[:n_imu])
-        reported[rows] = modality_channels(values, block, params.tof_regions, out=out[n_imu:])
-        per_sequence.append(sequence_statistics(out, block, params.sampling_rate_hz, segments))
+    feature_columns = feature_names(params.tof_regions, n_segments(params))
+    out = _Outputs.allocate(groups, order, len(names), len(feature_columns))
+    blocks = list(groups.blocks(_BLOCK_ROWS))
+    work = partial(_block_features, sensor[_SENSOR_LIST], params, out)
+    workers = min(len(blocks), _workers())
+    if workers == 1:  # e.g. one sequence at inference: no thread hand-off
+        for item in blocks:
+            work(item)
+    else:
+        # numpy releases the GIL inside its loops, so blocks overlap on several cores.
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(work, blocks))
 
-    frame_features = _frame_table(channels, names)
-    frame_features.insert_column(0, sensor.get_column("sequence_id"))
-    counter = sensor.get_column("sequence_counter").cast(pl.Int32, strict=False)
-    frame_features.insert_column(1, counter)
-    sequences, demo_values = _sequence_table(sensor, groups, reported, demographics)
-    matrix = np.hstack(
-        [np.concatenate(per_sequence), groups.counts[:, None].astype(np.float64), demo_values]
-    )
-    sequence_features = _sequence_feature_table(
-        matrix, feature_names(params.tof_regions, segments), sequences.get_column("sequence_id")
+    frame_features = frame_table(out.frames, names)
+    ids, counter = sensor.get_column("sequence_id"), sensor.get_column("sequence_counter")
+    if not out.in_table_order:
+        rows = groups.take(order)[0]
+        ids, counter = ids.gather(rows), counter.gather(rows)
+    frame_features.insert_column(0, ids)
+    frame_features.insert_column(1, counter.cast(pl.Int32, strict=False))
+    # the groups in output order, their rows still numbered in table order
+    groups = Groups(groups.starts[order], groups.counts[order], groups.n_rows)
+    sequences, demo_values = sequence_table(sensor, groups, out.has_modality, demographics)
+    n_statistics = len(feature_columns) - 1 - len(DEMOGRAPHIC_FEATURES)
+    out.statistics[:, n_statistics] = groups.counts  # "length"
+    out.statistics[:, n_statistics + 1 :] = finite_float32(demo_values)
+    sequence_features = sequence_feature_table(
+        out.statistics, feature_columns, sequences.get_column("sequence_id")
     )
     return FeatureSet(sequences, sequence_features, frame_features)
 
 
-def _sequence_table(
-    sensor: pl.DataFrame,
-    groups: Groups,
-    reported: np.ndarray,
-    demographics: pl.DataFrame | None,
-) -> tuple[pl.DataFrame, np.ndarray]:
-    """The sequences table and the (G, 7) demographic feature values (NaN if unknown).
+@dataclass(frozen=True)
+class _Outputs:
+    """The result arrays, in output order (sequence_id, then counter), and where each group
+    of the table (in table order) goes in them. Blocks write disjoint parts, so threads can
+    fill them side by side."""
 
-    Built from Python lists: Series methods such as gather and cast run through polars'
-    expression engine, a fixed cost per call that one sequence at inference feels.
-    """
-    sequence_ids = sensor.get_column("sequence_id").to_numpy()[groups.starts].tolist()
-    subjects = sensor.get_column("subject").to_numpy()[groups.starts].tolist()
-    lookup = demographics_lookup(demographics)
-    unknown = np.full(len(DEMOGRAPHIC_FEATURES), np.nan)
-    demo_values = np.array([lookup.get(s, unknown) for s in subjects], dtype=np.float64)
-    demo_values = demo_values.reshape(len(subjects), len(DEMOGRAPHIC_FEATURES))
-    has_modality = np.logical_or.reduceat(reported, groups.starts)
-    handedness = demo_values[:, DEMOGRAPHIC_FEATURES.index("handedness")]
-    columns = {
-        "sequence_id": sequence_ids,
-        "subject": subjects,
-        "sensor_group": ["full" if m else "imu_only" for m in has_modality.tolist()],
-        "length": groups.counts.tolist(),
-        "handedness": [_as_int32(h) for h in handedness.tolist()],
-    }
-    return pl.DataFrame(columns, schema=SEQUENCE_TABLE_SCHEMA), demo_values
+    frames: np.ndarray  # (channels, rows) float32
+    statistics: np.ndarray  # (sequences, sequence features) float32
+    has_modality: np.ndarray  # (sequences,) any thm/ToF value reported
+    position: np.ndarray  # table group -> its output index
+    first_row: np.ndarray  # table group -> its first output row
+    in_table_order: bool
 
-
-def _as_int32(value: float) -> int | None:
-    """As polars' non-strict Float64 -> Int32 cast: truncated, null if NaN or out of range."""
-    return int(value) if abs(value) < 2**31 else None  # NaN fails the comparison
-
-
-def _finite_float32(values: np.ndarray) -> np.ndarray:
-    """C-contiguous float32 copy; absurd values that overflow float32 are clipped, not inf."""
-    with np.errstate(over="ignore"):
-        out = np.ascontiguousarray(values, dtype=np.float32)
-    if np.isinf(out).any():  # rare: one cheap check instead of clipping every value
-        np.clip(out, -FLOAT32_MAX, FLOAT32_MAX, out=out)
-    return out
-
-
-def _frame_table(channels: np.ndarray, names: Sequence[str]) -> pl.DataFrame:
-    """(columns, rows) channel-major values -> a Float32 DataFrame, NaN as null (the
-    contract's "missing"); never column by column from numpy (polars' per-column
-    constructors cost ~20 us a column)."""
-    n_rows = channels.shape[1]
-    if n_rows * len(names) > _SMALL_TABLE_VALUES:
-        # each column is a zero-copy slice of one flat Series: no row-major copy of the table
-        flat = pl.Series("v", _finite_float32(channels).reshape(-1), nan_to_null=True)
-        return pl.DataFrame([flat.slice(i * n_rows, n_rows).alias(n) for i, n in enumerate(names)])
-    return _row_major_table(_finite_float32(channels.T), names)
-
-
-def _row_major_table(values: np.ndarray, names: Sequence[str]) -> pl.DataFrame:
-    """(rows, columns) float32 -> DataFrame through one Array column: a few polars calls."""
-    flat = pl.Series("v", values.reshape(-1), nan_to_null=True)
-    return flat.reshape(values.shape).arr.to_struct(list(names)).struct.unnest()
-
-
-def _sequence_feature_table(
-    matrix: np.ndarray, names: Sequence[str], sequence_ids: pl.Series
-) -> pl.DataFrame:
-    """(sequences, features) -> sequence_id + Float32 feature columns, NaN as null.
-
-    One sequence (inference) is one transpose of a single column named after the sequence,
-    whose header becomes the sequence_id column: ~1,500 one-value columns in one call.
-    """
-    values = _finite_float32(matrix)
-    if values.shape[0] == 1 and sequence_ids[0] is not None:
-        column = pl.Series(sequence_ids[0], values.reshape(-1), nan_to_null=True)
-        return column.to_frame().transpose(
-            include_header=True, header_name="sequence_id", column_names=list(names)
+    @classmethod
+    def allocate(
+        cls, groups: Groups, order: np.ndarray, n_channels: int, n_features: int
+    ) -> _Outputs:
+        n_groups = len(order)
+        position = np.empty(n_groups, dtype=np.int64)
+        position[order] = np.arange(n_groups)
+        output_starts = np.cumsum(groups.counts[order]) - groups.counts[order]
+        return cls(
+            frames=np.empty((n_channels, groups.n_rows), dtype=np.float32),
+            statistics=np.empty((n_groups, n_features), dtype=np.float32),
+            has_modality=np.empty(n_groups, dtype=bool),
+            position=position,
+            first_row=output_starts[position],
+            in_table_order=bool(np.all(order[1:] > order[:-1])),
         )
-    table = _row_major_table(values, names)
-    table.insert_column(0, sequence_ids)
-    return table
+
+    def write(
+        self,
+        which: slice,
+        rows: slice,
+        block: Groups,
+        channels: np.ndarray,
+        statistics: np.ndarray,
+        reported: np.ndarray,
+    ) -> None:
+        """Results of the table's groups ``which`` (rows ``rows``), computed as ``block``."""
+        sequences = self.position[which]
+        self.statistics[sequences, : statistics.shape[1]] = finite_float32(statistics)
+        self.has_modality[sequences] = np.logical_or.reduceat(reported, block.starts)
+        if not self.in_table_order:
+            rows = block.per_row(self.first_row[which]) + block.index_in_group()
+        self.frames[:, rows] = finite_float32(channels)
 
 
-def _empty_feature_set(params: ExtractParams) -> FeatureSet:
-    float_columns = dict.fromkeys(feature_names(params.tof_regions, n_segments(params)), pl.Float32)
-    return FeatureSet(
-        sequences=pl.DataFrame(schema=SEQUENCE_TABLE_SCHEMA),
-        sequence_features=pl.DataFrame(schema={"sequence_id": pl.String, **float_columns}),
-        frame_features=pl.DataFrame(
-            schema={
-                "sequence_id": pl.String,
-                "sequence_counter": pl.Int32,
-                **dict.fromkeys(channel_names(params.tof_regions), pl.Float32),
-            }
-        ),
-    )
+def _workers() -> int:
+    try:
+        return max(1, min(_MAX_WORKERS, len(os.sched_getaffinity(0))))
+    except AttributeError:  # not on Linux
+        return max(1, min(_MAX_WORKERS, os.cpu_count() or 1))
+
+
+def _block_features(
+    sensor: pl.DataFrame, params: ExtractParams, out: _Outputs, item: tuple[slice, slice, Groups]
+) -> None:
+    """Frame channels and sequence statistics of one block of whole sequences, into ``out``."""
+    which, rows, block = item
+    n_imu = len(IMU_CHANNELS)
+    values = SensorBlock.from_frame(sensor.slice(rows.start, block.n_rows))
+    channels = np.empty((out.frames.shape[0], block.n_rows))  # channel-major, float64
+    # numpy's error state is per thread: absurd inputs (1e300) may overflow, and the
+    # results are clipped or nulled, so stay quiet here too.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        imu_channels(values.acc, values.rot, block, params.sampling_rate_hz, channels[:n_imu])
+        reported = modality_channels(
+            values.thm, values.tof, block, params.tof_regions, channels[n_imu:]
+        )
+        statistics = sequence_statistics(
+            channels, block, params.sampling_rate_hz, n_segments(params)
+        )
+        out.write(which, rows, block, channels, statistics, reported)

@@ -42,34 +42,30 @@ class Groups:
     def index_in_group(self) -> np.ndarray:
         return np.arange(self.n_rows, dtype=np.int64) - self.per_row(self.starts)
 
-    def subset(self, keep: np.ndarray) -> tuple[np.ndarray, Groups]:
-        """Row indices of the kept groups, and those groups renumbered over just these rows."""
-        counts = self.counts[keep]
+    def take(self, which: np.ndarray) -> tuple[np.ndarray, Groups]:
+        """The rows of the groups ``which`` (a mask, or indices in any order), in that order,
+        and those groups renumbered over just these rows."""
+        counts = self.counts[which]
         new_starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         total = int(counts.sum())
-        rows = np.arange(total, dtype=np.int64) + np.repeat(self.starts[keep] - new_starts, counts)
+        rows = np.arange(total, dtype=np.int64) + np.repeat(self.starts[which] - new_starts, counts)
         return rows, Groups(new_starts, counts, total)
 
-    def blocks(self, max_rows: int) -> Iterator[tuple[slice, Groups]]:
-        """Consecutive blocks of whole groups of about ``max_rows`` rows: (row slice, the
-        block's groups renumbered from row 0)."""
+    def blocks(self, max_rows: int) -> Iterator[tuple[slice, slice, Groups]]:
+        """Consecutive blocks of whole groups of about ``max_rows`` rows: (group slice, row
+        slice, the block's groups renumbered from row 0)."""
         block_of = self.starts // max_rows
         bounds = [0, *(np.flatnonzero(np.diff(block_of)) + 1).tolist(), len(self.counts)]
         for first, stop in itertools.pairwise(bounds):
             row0, row1 = int(self.starts[first]), int(self.ends[stop - 1])
             block = Groups(self.starts[first:stop] - row0, self.counts[first:stop], row1 - row0)
-            yield slice(row0, row1), block
+            yield slice(first, stop), slice(row0, row1), block
 
     def segments(self, n_segments: int) -> Groups:
         """Split every group into ``n_segments`` consecutive parts (some empty if short)."""
         k = np.arange(n_segments + 1, dtype=np.int64)
         bounds = self.starts[:, None] + (k[None, :] * self.counts[:, None]) // n_segments
         return Groups(bounds[:, :-1].reshape(-1), np.diff(bounds, axis=1).reshape(-1), self.n_rows)
-
-    def any(self, flags: np.ndarray) -> np.ndarray:
-        """(R,) bool -> (G,) whether any row of the group is set (False for an empty group)."""
-        starts = np.minimum(self.starts, max(self.n_rows - 1, 0))
-        return np.logical_or.reduceat(flags, starts) & (self.counts > 0)
 
 
 def fill_within_groups(values: np.ndarray, valid: np.ndarray | None, groups: Groups) -> np.ndarray:
@@ -92,7 +88,7 @@ def fill_within_groups(values: np.ndarray, valid: np.ndarray | None, groups: Gro
     has_value = np.logical_or.reduceat(valid.any(axis=1), groups.starts)
     todo = has_gap & has_value
     if todo.any():
-        rows, subset = groups.subset(todo)
+        rows, subset = groups.take(todo)
         out[rows] = _fill_gaps(values[rows], valid[rows], subset)
     return out
 

@@ -1,0 +1,193 @@
+"""The extract stage's work: raw CSVs -> the sequences table and both feature tables.
+
+train.csv is parsed once, in batches, and a second thread computes the features of each
+batch's complete sequences while the next batch parses: polars keeps about one core busy
+parsing, the features use the other. Validation is exactly ``cmi.schema.read_raw_dir``'s: the
+streamed rows are its train table, and nothing is returned (so nothing written) unless every
+file validates. The features are the shared path's (``cmi.features.compute_features``), one
+batch of whole sequences at a time; every feature depends on one sequence only, so batches
+change nothing.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from cmi.features import FeatureSet, compute_features, prepare_sensor_frame
+from cmi.io import write_with
+from cmi.params import ExtractParams
+from cmi.paths import ProjectPaths
+from cmi.schema import DEMOGRAPHICS_SCHEMA, SchemaError, read_csv_checked, read_raw_dir
+from cmi.sequences import sequence_labels, sequences_table
+
+# Rows per parsed batch: ~120 MB of CSV, so the features thread starts early and the batches
+# in flight stay small next to the whole table.
+BATCH_ROWS = 65_536
+# lz4: the tables are an intermediate cache, written once and read by every model stage;
+# lz4 writes and reads ~2x faster than zstd for files ~25% larger.
+PARQUET_COMPRESSION = "lz4"
+
+
+@dataclass(frozen=True)
+class ExtractOutputs:
+    sequences: pl.DataFrame  # cmi.sequences.SEQUENCES_COLUMNS
+    features: FeatureSet
+
+
+def extract(raw_dir: Path, params: ExtractParams) -> ExtractOutputs:
+    """Validate every raw file and compute the features of train.csv's sequences."""
+    raw_dir = Path(raw_dir)
+    stream = FeatureStream(raw_dir / "train_demographics.csv", params)
+    try:
+        raw = read_raw_dir(raw_dir, train_reader=stream.read_csv)
+    except BaseException:
+        stream.cancel()  # a bad file: stop computing features nobody will write
+        raise
+    features = stream.result(raw.train, raw.train_demographics)
+    sequences = sequences_table(features.sequences, sequence_labels(raw.train))
+    return ExtractOutputs(sequences, features)
+
+
+def write_outputs(paths: ProjectPaths, outputs: ExtractOutputs) -> None:
+    """The three tables, each atomically, written side by side (compression and fsync of one
+    overlap the others)."""
+    tables = (
+        (outputs.sequences, paths.sequences),
+        (outputs.features.sequence_features, paths.sequence_features),
+        (outputs.features.frame_features, paths.frame_features),
+    )
+    with ThreadPoolExecutor(len(tables)) as pool:
+        done = [pool.submit(_write_parquet, frame, target) for frame, target in tables]
+        for future in done:
+            future.result()
+
+
+def _write_parquet(frame: pl.DataFrame, target: Path) -> None:
+    write_with(target, lambda tmp: frame.write_parquet(tmp, compression=PARQUET_COMPRESSION))
+
+
+_END = object()  # the parse finished: compute what is left
+
+
+class FeatureStream:
+    """A train.csv reader for ``read_raw_dir`` that computes features while it parses.
+
+    ``read_csv`` parses the file in batches and hands each to a thread that computes the
+    features of the batch's complete sequences (a sequence cut by a batch boundary waits for
+    the rest of its rows). ``result`` then gives the FeatureSet of the whole table. If the
+    file's layout does not allow batches (a sequence's rows not contiguous) or the validated
+    demographics differ from those the thread used, it computes everything again from the
+    validated table.
+    """
+
+    def __init__(self, demographics_path: Path, params: ExtractParams) -> None:
+        self._demographics_path = Path(demographics_path)
+        self._params = params
+        self._batches: queue.SimpleQueue[pl.DataFrame | object] = queue.SimpleQueue()
+        self._parts: list[FeatureSet] = []
+        self._features: FeatureSet | None = None  # of every part, once the parse is done
+        self._demographics: pl.DataFrame | None = None
+        self._error: BaseException | None = None
+        self._cancelled = threading.Event()
+        self._thread = threading.Thread(target=self._compute_batches, name="features")
+
+    def read_csv(self, path: Path, schema: dict[str, type[pl.DataType]]) -> pl.DataFrame:
+        """``pl.read_csv(path, schema=schema)``, parsed in batches that stream to the features
+        thread; parse errors propagate unchanged (read_raw_dir names the bad value)."""
+        self._thread.start()
+        batches: list[pl.DataFrame] = []
+        try:
+            scan = pl.scan_csv(path, schema=schema)
+            for batch in scan.collect_batches(chunk_size=BATCH_ROWS):
+                batches.append(batch)
+                self._batches.put(batch)
+        finally:
+            self._batches.put(_END)
+        return pl.concat(batches) if batches else pl.DataFrame(schema=schema)
+
+    def result(self, train: pl.DataFrame, demographics: pl.DataFrame) -> FeatureSet:
+        """Features of every sequence of ``train`` (the validated table ``read_csv`` gave)."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        features = self._features
+        usable = self._demographics is not None and self._demographics.equals(demographics)
+        if (
+            not usable
+            or features is None
+            or features.sequences["sequence_id"].is_duplicated().any()
+        ):
+            return compute_features(prepare_sensor_frame(train), demographics, self._params)
+        return features
+
+    def cancel(self) -> None:
+        """Stop after the batch in progress (the parse failed, or validation did)."""
+        self._cancelled.set()
+        self._batches.put(_END)
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _compute_batches(self) -> None:
+        try:
+            self._demographics = _read_demographics(self._demographics_path)
+            carry: pl.DataFrame | None = None
+            while (batch := self._batches.get()) is not _END:
+                if self._cancelled.is_set():
+                    return
+                rows = batch if carry is None else pl.concat([carry, batch])
+                cut = _last_sequence_start(rows)
+                if cut:
+                    self._compute(rows.slice(0, cut))
+                carry = rows.slice(cut)
+            if carry is not None and carry.height and not self._cancelled.is_set():
+                self._compute(carry)
+            if self._parts and not self._cancelled.is_set():
+                # here, not in result(): it overlaps with the validation of the other files
+                self._features = _concat(self._parts)
+        except BaseException as err:  # re-raised by result(), on the main thread
+            self._error = err
+
+    def _compute(self, rows: pl.DataFrame) -> None:
+        sensor = prepare_sensor_frame(rows)
+        self._parts.append(compute_features(sensor, self._demographics, self._params))
+
+
+def _read_demographics(path: Path) -> pl.DataFrame | None:
+    """The demographics the features use; None if the file is bad (read_raw_dir then fails
+    on it with the full message, and nothing is written)."""
+    try:
+        return read_csv_checked(path, DEMOGRAPHICS_SCHEMA)
+    except SchemaError:
+        return None
+
+
+def _last_sequence_start(rows: pl.DataFrame) -> int:
+    """Row where the table's last run of one sequence_id begins (it may go on in the next
+    batch); 0 if the table is one run."""
+    ids = rows.get_column("sequence_id").to_numpy()
+    changes = np.flatnonzero(ids[1:] != ids[:-1])
+    return int(changes[-1]) + 1 if len(changes) else 0
+
+
+def _concat(parts: list[FeatureSet]) -> FeatureSet:
+    """One FeatureSet from per-batch ones, in the contract's order (by sequence_id, frames
+    by counter: each part is sorted, and a sequence lives in one part)."""
+    if len(parts) == 1:
+        return parts[0]
+
+    def joined(get: Callable[[FeatureSet], pl.DataFrame]) -> pl.DataFrame:
+        return pl.concat([get(part) for part in parts]).sort("sequence_id", maintain_order=True)
+
+    return FeatureSet(
+        sequences=joined(lambda part: part.sequences),
+        sequence_features=joined(lambda part: part.sequence_features),
+        frame_features=joined(lambda part: part.frame_features),
+    )
