@@ -35,6 +35,9 @@ from cmi.schema import (
 )
 
 PARAMS = ExtractParams(sampling_rate_hz=10.0, n_segments=3, tof_regions=True)
+MIRRORED = ExtractParams(
+    sampling_rate_hz=10.0, n_segments=3, tof_regions=True, mirror_left_handed=True
+)
 MODALITY_COLUMNS = (*THM_COLUMNS, *TOF_COLUMNS)
 
 
@@ -569,21 +572,87 @@ def test_large_table_paths_change_nothing(
     assert_same_features(compute_features(odd, demographics, PARAMS), odd_expected, "NaN/inf")
 
 
+# ----------------------------------------------------------------------------- handedness
+
+
+def on_the_other_wrist(frame: pl.DataFrame) -> pl.DataFrame:
+    """The same recording by the device worn on the other wrist, written out column by
+    column (independently of cmi.features): acc_x, rot_y, rot_z change sign, thermopiles and
+    ToF sensors 3 and 5 trade places (cmi.synth's MIRRORED_VIEWS), and every 8x8 ToF image
+    (pixel v{row * 8 + column}) is flipped left to right."""
+    other = {3: 5, 5: 3}
+    exprs = [(-pl.col(c)).alias(c) for c in ("acc_x", "rot_y", "rot_z")]
+    exprs += [pl.col(f"thm_{other[s]}").alias(f"thm_{s}") for s in other]
+    for sensor in range(1, 6):
+        source = other.get(sensor, sensor)
+        exprs += [
+            pl.col(f"tof_{source}_v{row * 8 + 7 - column}").alias(
+                f"tof_{sensor}_v{row * 8 + column}"
+            )
+            for row in range(8)
+            for column in range(8)
+        ]
+    return frame.with_columns(exprs)
+
+
+def test_mirroring_makes_a_left_handed_twin_right_handed(
+    real_train: pl.DataFrame, demographics: pl.DataFrame
+) -> None:
+    """A right-handed sequence and its twin recorded on the left wrist by a left-handed
+    subject: with mirror_left_handed every feature but handedness is the same, in one table
+    or one at a time; without it they differ; right-handed subjects are never touched."""
+    right_handed = demographics.filter(pl.col("handedness") == 1)["subject"]
+    sequence = real_train.filter(pl.col("subject").is_in(right_handed.implode()))
+    sequence = sequence.filter(pl.col("sequence_id") == sequence["sequence_id"][0])
+    sequence = sequence.drop(TRAIN_ONLY_COLUMNS)
+    demo = demographics.filter(pl.col("subject") == sequence["subject"][0])
+    twin = on_the_other_wrist(sequence).with_columns(
+        pl.lit("SEQ_TWIN").alias("sequence_id"), pl.lit("SUBJ_LEFT").alias("subject")
+    )
+    twin_demo = demo.with_columns(
+        pl.lit("SUBJ_LEFT").alias("subject"),
+        pl.lit(0, dtype=demo["handedness"].dtype).alias("handedness"),
+    )
+
+    right = compute_features(prepare_sensor_frame(sequence), demo, MIRRORED)
+    left = compute_features(prepare_sensor_frame(twin), twin_demo, MIRRORED)
+    same = [c for c in right.sequence_features.columns if c not in ("sequence_id", "handedness")]
+    assert left.sequence_features.select(same).equals(right.sequence_features.select(same))
+    assert left.frame_features.drop("sequence_id").equals(right.frame_features.drop("sequence_id"))
+    assert left.sequences["handedness"].to_list() == [0]
+
+    plain = compute_features(prepare_sensor_frame(twin), twin_demo, PARAMS)
+    assert not plain.sequence_features.select(same).equals(right.sequence_features.select(same))
+    unmirrored = compute_features(prepare_sensor_frame(sequence), demo, PARAMS)
+    assert_same_features(right, unmirrored, "a right-handed subject")
+
+    both = compute_features(
+        prepare_sensor_frame(pl.concat([sequence, twin])), pl.concat([demo, twin_demo]), MIRRORED
+    )
+    for single in (right, left):
+        sequence_id = single.sequences["sequence_id"][0]
+        for table in ("sequence_features", "frame_features"):
+            rows = getattr(both, table).filter(pl.col("sequence_id") == sequence_id)
+            assert rows.equals(getattr(single, table)), (sequence_id, table)
+
+
 # ----------------------------------------------------------------------------- parity
 
 
+@pytest.mark.parametrize("params", [PARAMS, MIRRORED], ids=["plain", "mirror_left_handed"])
 def test_single_sequence_path_matches_batch(
-    mixed_train: pl.DataFrame, demographics: pl.DataFrame, batch: FeatureSet
+    mixed_train: pl.DataFrame, demographics: pl.DataFrame, params: ExtractParams
 ) -> None:
     """Each sequence alone, as Kaggle hands it to predict() (test columns only, rows in file
     order, that subject's demographics row), gives exactly the batch's features."""
+    batch = compute_features(prepare_sensor_frame(mixed_train), demographics, params)
     test_like = mixed_train.drop(TRAIN_ONLY_COLUMNS).select(TEST_COLUMNS)
     sequence_ids = batch.sequences["sequence_id"].to_list()
     assert len(sequence_ids) == 20
     for sequence_id in sequence_ids:
         sequence = test_like.filter(pl.col("sequence_id") == sequence_id)
         demo = demographics.filter(pl.col("subject") == sequence["subject"][0])
-        single = compute_features(prepare_sensor_frame(sequence), demo, PARAMS)
+        single = compute_features(prepare_sensor_frame(sequence), demo, params)
 
         expected_seq = batch.sequence_features.filter(pl.col("sequence_id") == sequence_id)
         assert single.sequence_features.columns == expected_seq.columns

@@ -24,10 +24,11 @@ Sequence features (``sequence_feature_names``): for every frame channel the stat
 consecutive segments (``<channel>__<stat>``, ``<channel>__seg<k>_<stat>``), then ``length``
 and the demographics (``DEMOGRAPHIC_FEATURES``; null for an unknown subject).
 
-Handedness: left-handed subjects are NOT mirrored here. ``handedness`` is a feature (and a
-column of the sequence table) so the models can learn the difference, and there is one simple
-code path with no subject-dependent geometry that could silently disagree between training
-and inference. Mirroring, if wanted, belongs in a model's own augmentation.
+Handedness: ``handedness`` is a feature (and a column of the sequence table). With
+``ExtractParams.mirror_left_handed`` the sensors of left-handed subjects (demographics
+handedness == 0; unknown subjects are not mirrored) are first turned into their right-handed
+mirror image (``channels.SensorBlock.mirrored``), inside ``compute_features``: training and
+inference take the same path, so they cannot disagree.
 
 The five train-only columns never reach this module's outputs: ``prepare_sensor_frame``
 keeps only ids and sensor columns.

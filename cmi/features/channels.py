@@ -41,6 +41,8 @@ def _columns(names: tuple[str, ...]) -> slice:
 _ACC, _ROT, _THM = _columns(ACC_COLUMNS), _columns(ROT_COLUMNS), _columns(THM_COLUMNS)
 _TOF = _columns(TOF_COLUMNS)
 _TOF_CALL_VALUES = 1 << 20  # pixels per tof_channels call: 4 MB of float32
+# Sensor i of a mirrored device is sensor MIRRORED_SENSORS[i] of the unmirrored one.
+MIRRORED_SENSORS = np.array([0, 1, 4, 3, 2])
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,23 @@ class SensorBlock:
         values = sensor.to_numpy(order="fortran")
         tof = values[:, _TOF].T.astype(np.float32)
         return cls(values[:, _ACC], values[:, _ROT], values[:, _THM], tof)
+
+    def mirrored(self, rows: np.ndarray) -> SensorBlock:
+        """The block with ``rows`` (a mask) as seen by the same device on the other wrist.
+
+        The mirror image through the device's y-z plane, as the synthetic data makes
+        left-handed subjects (cmi.synth): acc_x and the quaternion's y and z change sign,
+        thermopiles and ToF sensors 3 and 5 trade places, and each 8x8 ToF image is flipped
+        left to right. Its own inverse: mirroring twice gives the input back exactly.
+        """
+        acc, rot, thm, tof = (part.copy() for part in (self.acc, self.rot, self.thm, self.tof))
+        acc[rows, 0] *= -1
+        rot[rows, 2:] *= -1
+        thm[rows] = thm[rows][:, MIRRORED_SENSORS]
+        images = tof.reshape(N_TOF_SENSORS, 8, 8, -1)  # sensor, image row, column, frame
+        flipped = images[MIRRORED_SENSORS][:, :, ::-1][..., rows]
+        images[..., rows] = flipped
+        return SensorBlock(acc, rot, thm, tof)
 
 
 def imu_channels(

@@ -23,6 +23,7 @@ from cmi.features.names import (
 from cmi.features.prepare import is_prepared, prepare_sensor_frame
 from cmi.features.stats import sequence_statistics
 from cmi.features.tables import (
+    demographic_values,
     empty_tables,
     finite_float32,
     frame_table,
@@ -110,8 +111,13 @@ def _compute(
     names = channel_names(params.tof_regions)
     feature_columns = feature_names(params.tof_regions, n_segments(params))
     out = _Outputs.allocate(groups, order, len(names), len(feature_columns))
+    subjects = sensor.get_column("subject").to_numpy()[groups.starts].tolist()
+    demo_values = demographic_values(subjects, demographics)  # table order
+    left_handed = None
+    if params.mirror_left_handed:
+        left_handed = demo_values[:, DEMOGRAPHIC_FEATURES.index("handedness")] == 0
     blocks = list(groups.blocks(_BLOCK_ROWS))
-    work = partial(_block_features, sensor[_SENSOR_LIST], params, out)
+    work = partial(_block_features, sensor[_SENSOR_LIST], params, out, left_handed)
     workers = min(len(blocks), _workers())
     if workers == 1:  # e.g. one sequence at inference: no thread hand-off
         for item in blocks:
@@ -130,7 +136,8 @@ def _compute(
     frame_features.insert_column(1, counter.cast(pl.Int32, strict=False))
     # the groups in output order, their rows still numbered in table order
     groups = Groups(groups.starts[order], groups.counts[order], groups.n_rows)
-    sequences, demo_values = sequence_table(sensor, groups, out.has_modality, demographics)
+    demo_values = demo_values[order]
+    sequences = sequence_table(sensor, groups, out.has_modality, demo_values)
     n_statistics = len(feature_columns) - 1 - len(DEMOGRAPHIC_FEATURES)
     out.statistics[:, n_statistics] = groups.counts  # "length"
     out.statistics[:, n_statistics + 1 :] = finite_float32(demo_values)
@@ -196,12 +203,19 @@ def _workers() -> int:
 
 
 def _block_features(
-    sensor: pl.DataFrame, params: ExtractParams, out: _Outputs, item: tuple[slice, slice, Groups]
+    sensor: pl.DataFrame,
+    params: ExtractParams,
+    out: _Outputs,
+    left_handed: np.ndarray | None,
+    item: tuple[slice, slice, Groups],
 ) -> None:
-    """Frame channels and sequence statistics of one block of whole sequences, into ``out``."""
+    """Frame channels and sequence statistics of one block of whole sequences, into ``out``;
+    the sequences flagged in ``left_handed`` (per table group) are mirrored first."""
     which, rows, block = item
     n_imu = len(IMU_CHANNELS)
     values = SensorBlock.from_frame(sensor.slice(rows.start, block.n_rows))
+    if left_handed is not None and left_handed[which].any():
+        values = values.mirrored(block.per_row(left_handed[which]))
     channels = np.empty((out.frames.shape[0], block.n_rows))  # channel-major, float64
     # numpy's error state is per thread: absurd inputs (1e300) may overflow, and the
     # results are clipped or nulled, so stay quiet here too.

@@ -29,24 +29,25 @@ SEQUENCE_TABLE_SCHEMA: dict[str, type[pl.DataType]] = dict(
 _SMALL_TABLE_VALUES = 1_000_000
 
 
+def demographic_values(subjects: list[str | None], demographics: pl.DataFrame | None) -> np.ndarray:
+    """(len(subjects), 7) demographic feature values of each subject, NaN if unknown."""
+    lookup = demographics_lookup(demographics)
+    unknown = np.full(len(DEMOGRAPHIC_FEATURES), np.nan)
+    values = np.array([lookup.get(s, unknown) for s in subjects], dtype=np.float64)
+    return values.reshape(len(subjects), len(DEMOGRAPHIC_FEATURES))
+
+
 def sequence_table(
-    sensor: pl.DataFrame,
-    groups: Groups,
-    has_modality: np.ndarray,
-    demographics: pl.DataFrame | None,
-) -> tuple[pl.DataFrame, np.ndarray]:
-    """The sequences table of ``groups`` (in that order) and their (G, 7) demographic
-    feature values (NaN if unknown); ``has_modality`` per group: any thm/ToF reported.
+    sensor: pl.DataFrame, groups: Groups, has_modality: np.ndarray, demo_values: np.ndarray
+) -> pl.DataFrame:
+    """The sequences table of ``groups`` (in that order), with per group whether any thm/ToF
+    value was reported and the (G, 7) demographic values (``demographic_values``).
 
     Built from Python lists: Series methods such as gather and cast run through polars'
     expression engine, a fixed cost per call that one sequence at inference feels.
     """
     sequence_ids = sensor.get_column("sequence_id").to_numpy()[groups.starts].tolist()
     subjects = sensor.get_column("subject").to_numpy()[groups.starts].tolist()
-    lookup = demographics_lookup(demographics)
-    unknown = np.full(len(DEMOGRAPHIC_FEATURES), np.nan)
-    demo_values = np.array([lookup.get(s, unknown) for s in subjects], dtype=np.float64)
-    demo_values = demo_values.reshape(len(subjects), len(DEMOGRAPHIC_FEATURES))
     full, imu_only = SENSOR_GROUPS
     handedness = demo_values[:, DEMOGRAPHIC_FEATURES.index("handedness")]
     columns = {
@@ -56,7 +57,7 @@ def sequence_table(
         "length": groups.counts.tolist(),
         "handedness": [_as_int32(h) for h in handedness.tolist()],
     }
-    return pl.DataFrame(columns, schema=SEQUENCE_TABLE_SCHEMA), demo_values
+    return pl.DataFrame(columns, schema=SEQUENCE_TABLE_SCHEMA)
 
 
 def _as_int32(value: float) -> int | None:
