@@ -5,10 +5,12 @@ when they are missing (cmi synth, stages/extract.py, stages/make_folds.py), then
 params.yaml torch settings of this repo:
   - training: sequences/second of fold 0, median over a few epochs (training steps only), per
     core (per process-CPU-second), 1 thread vs all as a ratio, and the share of padded steps;
+    with --augment the epochs also run params.yaml's augmentation (or, where a key is off,
+    mixup 0.4, rotation 10 degrees, stretch 0.2, shift 8), to price it;
   - inference: milliseconds to predict ONE sequence with a fold model (median, p99 over a few
     hundred calls), model only and to_padded + model;
 on CPU, and on CUDA too when a GPU is visible. About 2-4 minutes on 2 cores.
-Usage: python bench/torch_train.py [--epochs 3] [--calls 300]
+Usage: python bench/torch_train.py [--epochs 3] [--calls 300] [--augment]
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see stages/train_torch.py
 
 import argparse
+import dataclasses
 import shutil
 import statistics
 import subprocess
@@ -29,12 +32,13 @@ import numpy as np
 import polars as pl
 import torch
 
+from cmi.nn.augment import build_augmenter
 from cmi.nn.data import input_channels, to_padded
 from cmi.nn.fold_data import labeled_sequences, prepare_fold
 from cmi.nn.model import architecture_kwargs
 from cmi.nn.predict import network_proba
 from cmi.nn.runtime import Distributed, configure_torch
-from cmi.nn.train import epoch_batches, new_run, steps_per_epoch, train_epoch
+from cmi.nn.train import epoch_batches, new_run, steps_per_epoch, train_epoch, training_tensors
 from cmi.nn.views import predict_views
 from cmi.params import load_params
 from cmi.paths import ProjectPaths
@@ -78,13 +82,15 @@ def bench_training(inputs, params, device: torch.device, epochs: int, threads: i
     )
     steps = steps_per_epoch(len(inputs.train), params.batch_size)
     run = new_run(arch, params, inputs.fold, steps, device)
-    tensors = tuple(
-        torch.from_numpy(a) for a in (inputs.train.x, inputs.train.mask, inputs.train.y)
-    )
+    tensors = training_tensors(inputs.train)
+    augmenter = build_augmenter(params, inputs.scaler)
     rates, cpu_rates = [], []
     for epoch in range(epochs):
         started, cpu_started = time.perf_counter(), time.process_time()
-        train_epoch(run, run.model, inputs, tensors, params, epoch, device, Distributed(), None)
+        train_epoch(
+            run, run.model, inputs, tensors, params, epoch, device, Distributed(), None,
+            None, augmenter,
+        )  # fmt: skip
         if device.type == "cuda":
             torch.cuda.synchronize()
         rates.append(len(inputs.train) / (time.perf_counter() - started))
@@ -158,10 +164,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3, help="timed training epochs")
     parser.add_argument("--calls", type=int, default=300, help="timed one-sequence predictions")
+    parser.add_argument("--augment", action="store_true", help="train with augmentation on")
     args = parser.parse_args()
 
     paths = ensure_project()
     params = load_params(REPO / "params.yaml").torch
+    if args.augment:
+        params = dataclasses.replace(
+            params,
+            mixup_alpha=params.mixup_alpha or 0.4,
+            rotate_deg=params.rotate_deg or 10.0,
+            time_stretch=params.time_stretch or 0.2,
+            time_shift=params.time_shift or 8,
+        )
     frames = pl.read_parquet(paths.frame_features)
     labeled = labeled_sequences(pl.read_parquet(paths.sequences), pl.read_parquet(paths.folds))
     channels = input_channels(frames)
@@ -174,7 +189,9 @@ def main() -> None:
     )
     print(
         f"torch params: epochs {params.epochs}, batch {params.batch_size}, conv "
-        f"{list(params.conv_channels)}, lstm {params.lstm_hidden}, gru {params.gru_hidden}"
+        f"{list(params.conv_channels)}, lstm {params.lstm_hidden}, gru {params.gru_hidden}; "
+        f"augmentation: mixup {params.mixup_alpha}, rotate {params.rotate_deg} deg, stretch "
+        f"{params.time_stretch}, shift {params.time_shift}"
     )
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     print(padding_report(inputs, params.batch_size))

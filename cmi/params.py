@@ -61,6 +61,19 @@ class TorchParams:
     dropout: float = 0.3
     modality_dropout: float = 0.3
     seed: int = 42
+    # Members per fold (cmi.nn.members): one model per seed, probabilities averaged; empty =
+    # (seed,). The first seed's model keeps the plain file names (fold_k.pt).
+    seeds: tuple[int, ...] = ()
+    # Training-only augmentation (cmi.nn.augment); 0 / false = off.
+    mixup_alpha: float = 0.0
+    mixup_same_orientation: bool = False
+    rotate_deg: float = 0.0
+    time_stretch: float = 0.0
+    time_shift: int = 0
+    # Per fold also an IMU-only model (IMU channels only) for the IMU-only inputs.
+    imu_only_model: bool = False
+    # Loss weight of an orientation head on the pooled representation; 0 = no head.
+    aux_orientation_weight: float = 0.0
     num_workers: int = 0
     device: str = "auto"
 

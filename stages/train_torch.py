@@ -1,8 +1,10 @@
-"""DVC stage `torch`: TimeSeriesNet per fold, with epoch-level resume from checkpoints/torch/.
+"""DVC stage `torch`: TimeSeriesNet members per fold (``cmi.nn.members``: seeds, optional
+IMU-only model), with epoch-level resume from checkpoints/torch/.
 
-Outputs (``cmi.nn.outputs``): models/torch/{fold_k.pt, fold_k_scaler.json, meta.json},
-data/oof/torch.parquet (both views), metrics/torch.json and the dvclive curves in
-dvclive/torch/. Several GPUs: `torchrun --nproc_per_node=N stages/train_torch.py` (DDP).
+Outputs (``cmi.nn.outputs``): models/torch/{fold_k.pt, fold_k_scaler.json, meta.json and
+the other members' files}, data/oof/torch.parquet (both views), metrics/torch.json and the
+dvclive curves in dvclive/torch/. Several GPUs:
+`torchrun --nproc_per_node=N stages/train_torch.py` (DDP).
 
 Test hook: CMI_TORCH_KILL_AT="fold=1,epoch=2,batch=3" SIGKILLs this process just before that
 training step (fold as in fold_k, epoch 1-based as logged, batch 0-based).

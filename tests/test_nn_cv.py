@@ -14,6 +14,7 @@ import yaml
 from cmi.nn.cv import REPO_ROOT, checkpoint_store, code_files
 from cmi.nn.data import FILL_VALUE, imu_only_inputs
 from cmi.nn.fold_data import PaddedPart
+from cmi.nn.members import Member
 from cmi.nn.model import TimeSeriesNet
 from cmi.nn.train import CURVE_COLUMNS
 from cmi.nn.views import predict_views, recorded_proba, views_frame
@@ -113,10 +114,10 @@ def test_views_follow_the_oof_contract() -> None:
     np.testing.assert_allclose(frame.select(PROBA_COLUMNS).to_numpy().sum(axis=1), 1.0)
 
 
-def curve_rows(n_folds: int = 2, epochs: int = 3) -> list[tuple[int, list[float]]]:
+def curve_rows(n_folds: int = 2, epochs: int = 3) -> list[tuple[Member, list[float]]]:
     rng = np.random.default_rng(1)
     return [
-        (fold, [float(epoch), *rng.random(len(CURVE_COLUMNS) - 1).tolist()])
+        (Member(fold, 42), [float(epoch), *rng.random(len(CURVE_COLUMNS) - 1).tolist()])
         for fold in range(n_folds)
         for epoch in range(1, epochs + 1)
     ]

@@ -24,6 +24,7 @@ from cmi.nn.runtime import Distributed, Runtime, derive_seed
 from cmi.nn.train import (
     apply_modality_dropout,
     epoch_batches,
+    new_run,
     steps_per_epoch,
     train_torch_fold,
 )
@@ -66,7 +67,8 @@ def random_inputs(fold: int = 0, n_train: int = 30, n_val: int = 10, t: int = 13
         groups = np.where(np.arange(n) % 4 == 0, "imu_only", "full")
         x[groups == "imu_only", :, 3:] = 0.0
         ids = [f"{prefix}{i:03d}" for i in range(n)]
-        return PaddedPart(ids, x, mask, y.astype(np.int64), groups)
+        orientation = (np.arange(n) * 7 + y) % 4  # some of everything, no extra draw
+        return PaddedPart(ids, x, mask, y.astype(np.int64), groups, orientation.astype(np.int64))
 
     scaler = Scaler(tuple(CHANNELS), np.zeros(len(CHANNELS)), np.ones(len(CHANNELS)))
     return FoldInputs(
@@ -310,7 +312,9 @@ def test_run_fold_skips_a_finished_fold(tmp_path: Path, caplog) -> None:
     with caplog.at_level(logging.INFO):
         again = run_torch_fold(data, 0, params, CPU_RUNTIME, store, on_batch=crash_at(0, 1, 0))
     assert "finished earlier" in caplog.text
-    assert_same_result(first, again)
+    [member] = again.members
+    assert member.member is not None and member.member.name == "fold_0"
+    assert_same_result(first.primary, again.primary)
     assert again.scaler.to_json() == first.scaler.to_json() and again.pad_len == first.pad_len
 
 
@@ -330,7 +334,7 @@ def test_scored_fold_labels_do_not_reach_its_model(tmp_path: Path) -> None:
             # Shuffled, then shifted so that every label of the fold really changes.
             values[rows] = (np.random.default_rng(7).permutation(values[rows]) + 5) % 18
         labels = table.with_columns(pl.Series("label", values, dtype=pl.Int32))
-        result = run_torch_fold(training_data(labels, frames), fold, params, CPU_RUNTIME)
+        result = run_torch_fold(training_data(labels, frames), fold, params, CPU_RUNTIME).primary
         assert result.inner_fold == inner
         return save_state_dict(result.best_state, tmp_path / f"{name}.pt").read_bytes()
 
@@ -372,3 +376,127 @@ def test_ddp_two_processes_on_cpu_give_plain_weights(tmp_path: Path) -> None:
     inputs = random_inputs()
     proba = network_proba(net, inputs.scored.x, inputs.scored.mask)
     assert proba.shape == (10, 18) and np.isfinite(proba).all()
+
+
+# ----------------------------------------------------------------------------- techniques
+EVERY_TECHNIQUE = replace(
+    PARAMS,
+    mixup_alpha=0.4,
+    mixup_same_orientation=True,
+    rotate_deg=10.0,
+    time_stretch=0.2,
+    time_shift=2,
+    aux_orientation_weight=0.5,
+)
+
+
+def head_arch() -> dict:
+    return architecture_kwargs(
+        len(CHANNELS), PARAMS.conv_channels, 8, 8, PARAMS.dropout, n_orientations=4
+    )
+
+
+def test_resume_with_augmentation_and_aux_head_is_bit_identical(tmp_path: Path) -> None:
+    inputs = random_inputs()
+    x_before = inputs.train.x.copy()
+    straight = train_torch_fold(
+        inputs, head_arch(), EVERY_TECHNIQUE, device=CPU, store=store_at(tmp_path / "a")
+    )
+    np.testing.assert_array_equal(inputs.train.x, x_before)  # batches are augmented copies
+    store = store_at(tmp_path / "b")
+    with pytest.raises(Crash):
+        train_torch_fold(inputs, head_arch(), EVERY_TECHNIQUE, device=CPU, store=store,
+                         on_batch=crash_at(0, 3, 1))  # fmt: skip
+    torch.manual_seed(99)
+    np.random.seed(3)
+    resumed = train_torch_fold(inputs, head_arch(), EVERY_TECHNIQUE, device=CPU, store=store)
+    assert resumed.resumed_from == 2
+    assert_same_result(straight, resumed)
+    for view in ("full", "imu_only"):
+        orientation = straight.predictions[view].orientation
+        assert orientation is not None and orientation.shape[1] == 4
+        np.testing.assert_array_equal(orientation, resumed.predictions[view].orientation)
+    # the training really differed from plain training (augmentation and head are wired)
+    plain = train_torch_fold(inputs, arch(), PARAMS, device=CPU)
+    assert not torch.equal(plain.best_state["lstm.weight_ih_l0"],
+                           straight.best_state["lstm.weight_ih_l0"])  # fmt: skip
+
+
+def test_each_augmentation_changes_training() -> None:
+    inputs = random_inputs()
+    short = replace(PARAMS, epochs=1)
+    reference = train_torch_fold(inputs, arch(), short, device=CPU).best_state
+    for change in ({"mixup_alpha": 0.4}, {"rotate_deg": 10.0}, {"time_stretch": 0.3},
+                   {"time_shift": 2}):  # fmt: skip
+        state = train_torch_fold(inputs, arch(), replace(short, **change), device=CPU).best_state
+        assert not torch.equal(state["blocks.0.conv.weight"], reference["blocks.0.conv.weight"])
+
+
+def test_imu_only_model_never_sees_thm_or_tof(tmp_path: Path) -> None:
+    """Garbage in every thm/ToF channel leaves the IMU-only members' weights and predictions
+    unchanged (the full-input members do see it)."""
+    frames, table = frame_features()
+    params = Params(torch=replace(PARAMS, epochs=1, imu_only_model=True, seeds=(1, 2)))
+    garbage = frames.with_columns(
+        (pl.col(c) * 1000 + 77).alias(c) for c in ("thm_1", "tof_1_mean", "tof_1_min")
+    )
+    fold = run_torch_fold(training_data(table, frames), 0, params, CPU_RUNTIME)
+    other = run_torch_fold(training_data(table, garbage), 0, params, CPU_RUNTIME)
+    names = [m.member.name for m in fold.members]
+    assert names == ["fold_0", "fold_0_seed_2", "fold_0_imu", "fold_0_imu_seed_2"]
+    for a, b in zip(fold.members, other.members, strict=True):
+        same = all(torch.equal(a.best_state[k], b.best_state[k]) for k in a.best_state)
+        assert same == (a.member.kind == "imu"), a.member.name
+        if a.member.kind == "imu":
+            assert a.best_state["blocks.0.conv.weight"].shape[1] == 3  # acc_x..z only
+            assert list(a.scaler.channels) == ["acc_x", "acc_y", "acc_z"]
+    imu = [m.predictions["imu_only"].proba for m in fold.of_kind("imu")]
+    np.testing.assert_allclose(fold.predictions["imu_only"].proba, np.mean(imu, axis=0))
+    np.testing.assert_array_equal(
+        fold.predictions["imu_only"].proba, other.predictions["imu_only"].proba
+    )
+    full = [m.predictions["full"].proba for m in fold.of_kind("full")]
+    np.testing.assert_allclose(fold.predictions["full"].proba, np.mean(full, axis=0))
+
+
+def test_seeds_list_of_the_seed_equals_the_single_model() -> None:
+    frames, table = frame_features()
+    data = training_data(table, frames)
+    single = run_torch_fold(data, 1, Params(torch=replace(PARAMS, epochs=1)), CPU_RUNTIME)
+    listed = run_torch_fold(
+        data, 1, Params(torch=replace(PARAMS, epochs=1, seeds=(PARAMS.seed,))), CPU_RUNTIME
+    )
+    assert_same_result(single.primary, listed.primary)
+    other = run_torch_fold(
+        data, 1, Params(torch=replace(PARAMS, epochs=1, seeds=(PARAMS.seed, 5))), CPU_RUNTIME
+    )
+    assert_same_result(single.primary, other.primary)  # the first seed's member is the same
+    assert not np.array_equal(other.predictions["full"].proba, single.predictions["full"].proba)
+
+
+def test_orientation_head_learns_from_its_loss() -> None:
+    inputs = random_inputs()
+    params = replace(PARAMS, aux_orientation_weight=1.0)
+    steps = steps_per_epoch(len(inputs.train), params.batch_size)
+    init = new_run(head_arch(), params, 0, steps, CPU).model.state_dict()
+    result = train_torch_fold(inputs, head_arch(), params, device=CPU)
+    assert not torch.equal(result.best_state["orientation_head.1.weight"],
+                           init["orientation_head.1.weight"])  # fmt: skip
+    orientation = result.predictions["imu_only"].orientation
+    np.testing.assert_allclose(orientation.sum(axis=1), 1.0)
+
+
+def test_orientation_target_missing_is_a_clear_error() -> None:
+    frames, table = frame_features()  # a sequences table without orientation
+    labeled = labeled_sequences(table.drop("fold"), table.select("sequence_id", "fold"))
+    for change in ({"aux_orientation_weight": 0.3},
+                   {"mixup_alpha": 0.4, "mixup_same_orientation": True}):  # fmt: skip
+        with pytest.raises(ValueError, match="no column orientation"):
+            prepare_fold(frames, labeled, 0, CHANNELS, replace(PARAMS, **change))
+    known = table.with_columns(
+        pl.Series("orientation", ["Lie on Back"] * (table.height - 1) + ["Upside down"])
+    )
+    labeled = labeled_sequences(known.drop("fold"), known.select("sequence_id", "fold"))
+    assert labeled["orientation"].to_list()[:2] == [2, 2] and labeled["orientation"][-1] == -1
+    with pytest.raises(ValueError, match="SEQ_0023"):  # fold 23 % 3 = 2: a training fold of 0
+        prepare_fold(frames, labeled, 0, CHANNELS, replace(PARAMS, aux_orientation_weight=0.3))

@@ -271,3 +271,103 @@ def test_stage_under_torchrun_ddp_on_cpu(tiny_features_project: Path, tmp_path: 
         assert np.isfinite(network_proba(fm.model, x, mask)).all()
     oof_ids = pl.read_parquet(paths.oof("torch"))["sequence_id"].unique()
     assert oof_ids.len() == pl.read_parquet(paths.sequences).height
+
+
+# ----------------------------------------------------------------------------- techniques
+EVERY_TECHNIQUE = {
+    "epochs": 2,
+    "seeds": [1, 2],
+    "imu_only_model": True,
+    "mixup_alpha": 0.4,
+    "mixup_same_orientation": True,
+    "rotate_deg": 10.0,
+    "time_stretch": 0.2,
+    "time_shift": 4,
+    "aux_orientation_weight": 0.3,
+}
+
+
+def project_with(tiny_features_project: Path, root: Path, torch_values: dict) -> Path:
+    import yaml
+
+    copy_project(tiny_features_project, root)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["torch"].update(torch_values)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
+def mean_proba(entries: list[dict], torch_dir: Path, frames: pl.DataFrame, ids) -> np.ndarray:
+    """The inference path: each member's own channels, scaler and pad_len; seeds averaged."""
+    from cmi.nn.predict import load_member_model
+
+    probas = []
+    for entry in entries:
+        fm = load_member_model(torch_dir, entry)
+        part = frames.filter(pl.col("sequence_id").is_in(list(ids)))
+        x, mask, got = to_padded(part, fm.channels, fm.scaler, fm.pad_len, fm.keep)
+        assert got == sorted(ids)
+        probas.append(network_proba(fm.model, x, mask))
+    return np.mean(probas, axis=0)
+
+
+@pytest.mark.slow
+def test_stage_with_every_technique_on(tiny_features_project: Path, tmp_path: Path) -> None:
+    """Seeds x (full, IMU-only) members, every augmentation and the orientation head: the
+    files meta.json lists, the OOF the inference path reproduces, resume after SIGKILL."""
+    from cmi.nn.predict import member_entries
+
+    root = project_with(tiny_features_project, tmp_path / "p", EVERY_TECHNIQUE)
+    log = run_stage(STAGE, root).stderr
+    paths = ProjectPaths(root)
+    meta = json.loads((paths.torch_dir / "meta.json").read_text())
+    folds = fold_ids(root)
+    assert meta["seeds"] == [1, 2] and meta["imu_only_model"] is True
+    assert meta["architecture"]["n_orientations"] == 4 and len(meta["orientation_classes"]) == 4
+    imu = meta["imu_model"]["channels"]
+    assert imu and not any(c.startswith(("thm", "tof")) for c in imu)
+    assert meta["imu_model"]["architecture"]["n_channels"] == len(imu)
+    entries = member_entries(paths.torch_dir)
+    assert len(entries) == 4 * len(folds)
+    names = {e["weights"] for e in entries}
+    assert {"fold_0.pt", "fold_0_seed_2.pt", "fold_0_imu.pt", "fold_0_imu_seed_2.pt"} <= names
+    written = {p.name for p in paths.torch_dir.glob("fold_*.pt")}
+    assert written == names
+    for e in entries:
+        scaler = json.loads((paths.torch_dir / e["scaler"]).read_text())
+        assert scaler["channels"] == (imu if e["kind"] == "imu" else meta["channels"])
+
+    oof = pl.read_parquet(paths.oof("torch"))
+    check_oof(oof)
+    orientation = oof.select("o0", "o1", "o2", "o3").to_numpy()
+    np.testing.assert_allclose(orientation.sum(axis=1), 1.0, atol=1e-9)
+    frames = pl.read_parquet(paths.frame_features)
+    for k in (0, folds[-1]):
+        for view, kind in (("full", "full"), ("imu_only", "imu")):
+            rows = oof.filter((pl.col("fold") == k) & (pl.col("view") == view)).sort("sequence_id")
+            members = [e for e in entries if e["fold"] == k and e["kind"] == kind]
+            assert len(members) == 2
+            expected = mean_proba(members, paths.torch_dir, frames, rows["sequence_id"])
+            np.testing.assert_allclose(rows.select(PROBA_COLUMNS).to_numpy(), expected, atol=1e-6)
+    metrics = json.loads(paths.metrics("torch").read_text())
+    assert set(metrics["members"]) == {e["weights"][:-3] for e in entries}
+    assert {"score", "n_rows"} <= set(metrics["imu_only_by_full_model"])
+    assert set(metrics["orientation_head"]) == {"full", "imu_only"}
+    assert "fold 0 (fold_0_imu_seed_2) epoch 2/2" in log
+
+    # SIGKILL in fold 1's first member, then resume: identical outputs.
+    again = project_with(tiny_features_project, tmp_path / "again", EVERY_TECHNIQUE)
+    killed = run_stage(
+        STAGE, again, check=False, env={"CMI_TORCH_KILL_AT": "fold=1,epoch=2,batch=0"}
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    resumed = run_stage(STAGE, again).stderr
+    assert "fold 0 (fold_0_imu_seed_2): finished earlier" in resumed
+    assert "fold 1: resuming from epoch 2" in resumed
+    for path in sorted(paths.torch_dir.iterdir()):
+        assert path.read_bytes() == (ProjectPaths(again).torch_dir / path.name).read_bytes(), path
+    assert pl.read_parquet(paths.oof("torch")).equals(
+        pl.read_parquet(ProjectPaths(again).oof("torch"))
+    )
+    assert metrics_without_wall_time(root) == metrics_without_wall_time(again)
+    assert curve_files(root) == curve_files(again)

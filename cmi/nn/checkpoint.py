@@ -1,11 +1,13 @@
 """Torch fold checkpoints on the generic store (``cmi.checkpoint.CheckpointStore``).
 
-Layout: ``checkpoints/torch/<fingerprint>/fold_{k}/`` is one store unit holding either
-``last.pt`` (written after every epoch of a fold in training) or ``done.pt`` (a finished
-fold: best weights, OOF probabilities, scaler, curves), plus the store's ``done.json`` marker
-with checksums, so a damaged file is caught before ``torch.load``. Payloads load with
-``torch.load(weights_only=True)`` and carry ``version``, ``fingerprint`` and ``fold``; one
-that does not match, does not verify, or does not load is reported and never used.
+Layout: ``checkpoints/torch/<fingerprint>/<member>/`` (``fold_{k}`` for a fold's single
+model; ``cmi.nn.members`` names the others) is one store unit holding either ``last.pt``
+(written after every epoch of a member in training) or ``done.pt`` (a finished member: best
+weights, OOF probabilities, scaler, curves), plus the store's ``done.json`` marker with
+checksums, so a damaged file is caught before ``torch.load``. Payloads load with
+``torch.load(weights_only=True)`` and carry ``version``, ``fingerprint``, ``fold`` and
+``unit``; one that does not match, does not verify, or does not load is reported and never
+used. Log lines name the member by its label ("fold k", "fold k (fold_k_imu)").
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from typing import Any, Literal
 import torch
 
 from cmi.checkpoint import CheckpointError, CheckpointStore
+from cmi.nn.members import Member
 from cmi.nn.model import torch_save_writer
 
-CHECKPOINT_VERSION = 2  # 2: units of the generic store; OOF probabilities per view
+CHECKPOINT_VERSION = 3  # 2: units of the generic store, views; 3: one unit per member
 LAST_NAME = "last.pt"
 DONE_NAME = "done.pt"
 Kind = Literal["epoch", "finished"]
@@ -39,47 +42,54 @@ class FoldCheckpoint:
 
 
 def fold_unit(fold: int) -> str:
+    """The unit of a fold's single (first-seed, full-input) model."""
     return f"fold_{fold}"
 
 
-def _header(store: CheckpointStore, fold: int) -> dict[str, Any]:
-    return {"version": CHECKPOINT_VERSION, "fingerprint": store.key, "fold": fold}
+def _header(store: CheckpointStore, member: Member) -> dict[str, Any]:
+    return {
+        "version": CHECKPOINT_VERSION,
+        "fingerprint": store.key,
+        "fold": member.fold,
+        "unit": member.name,
+    }
 
 
-def save_fold_checkpoint(
-    store: CheckpointStore, fold: int, kind: Kind, payload: dict[str, Any]
+def save_member_checkpoint(
+    store: CheckpointStore, member: Member, kind: Kind, payload: dict[str, Any]
 ) -> Path:
-    """Replace fold ``fold``'s unit by this payload (atomically, as the store does)."""
-    body = {**_header(store, fold), **payload}
+    """Replace ``member``'s unit by this payload (atomically, as the store does)."""
+    body = {**_header(store, member), **payload}
     meta = {"kind": kind, "epoch": int(payload.get("epoch", payload.get("best_epoch", 0)))}
-    return store.save(fold_unit(fold), {_FILE_OF_KIND[kind]: torch_save_writer(body)}, meta=meta)
+    return store.save(member.name, {_FILE_OF_KIND[kind]: torch_save_writer(body)}, meta=meta)
 
 
-def load_fold_checkpoint(store: CheckpointStore, fold: int) -> FoldCheckpoint | None:
-    """Fold ``fold``'s checkpoint if it verifies, loads and belongs to this run; else None.
+def load_member_checkpoint(store: CheckpointStore, member: Member) -> FoldCheckpoint | None:
+    """``member``'s checkpoint if it verifies, loads and belongs to this run; else None.
 
     Every reason to ignore one is logged (the stage's log is how a user learns that a
     checkpoint was not used, and tests read it).
     """
-    unit_dir = store.unit_dir(fold_unit(fold))
+    label, unit_name = member.label, member.name
+    unit_dir = store.unit_dir(unit_name)
     if not unit_dir.exists():
         return None
     try:
-        unit = store.load(fold_unit(fold))
+        unit = store.load(unit_name)
     except CheckpointError as error:
-        if not store.is_done(fold_unit(fold)):
-            log.warning("fold %d: ignoring checkpoint %s: %s", fold, unit_dir, error)
+        if not store.is_done(unit_name):
+            log.warning("%s: ignoring checkpoint %s: %s", label, unit_dir, error)
         else:
             log.warning(
-                "fold %d: checkpoint %s is unreadable (%s); restarting the fold",
-                fold,
+                "%s: checkpoint %s is unreadable (%s); restarting the fold",
+                label,
                 unit_dir,
                 error,
             )
         return None
     kind = unit.meta.get("kind")
     if kind not in _FILE_OF_KIND:
-        log.warning("fold %d: ignoring checkpoint %s: unknown kind %r", fold, unit_dir, kind)
+        log.warning("%s: ignoring checkpoint %s: unknown kind %r", label, unit_dir, kind)
         return None
     path = unit.file(_FILE_OF_KIND[kind])
     try:
@@ -87,22 +97,22 @@ def load_fold_checkpoint(store: CheckpointStore, fold: int) -> FoldCheckpoint | 
     except Exception as error:  # any truncation/corruption shows up as some exception here
         first_line = str(error).splitlines()[0] if str(error) else ""
         log.warning(
-            "fold %d: checkpoint %s is unreadable (%s: %s); restarting the fold",
-            fold,
+            "%s: checkpoint %s is unreadable (%s: %s); restarting the fold",
+            label,
             path,
             type(error).__name__,
             first_line,
         )
         return None
-    expected = _header(store, fold)
+    expected = _header(store, member)
     found = {key: payload.get(key) for key in expected} if isinstance(payload, dict) else None
     if found != expected:
         log.warning(
-            "fold %d: ignoring checkpoint %s: it is for %s, not %s", fold, path, found, expected
+            "%s: ignoring checkpoint %s: it is for %s, not %s", label, path, found, expected
         )
         return None
     return FoldCheckpoint(kind, path, payload)
 
 
-def discard_fold(store: CheckpointStore, fold: int) -> None:
-    store.discard(fold_unit(fold))
+def discard_member(store: CheckpointStore, member: Member) -> None:
+    store.discard(member.name)

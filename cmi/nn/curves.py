@@ -1,7 +1,8 @@
 """Per-epoch training curves through dvclive, so `dvc plots` and VS Code see them live.
 
-``dvclive/torch/`` is a dvclive folder: ``plots/metrics/fold_{k}/<curve>.tsv`` (columns
-``step`` = epoch and the curve, one file per fold and curve in ``CURVE_COLUMNS``) and
+``dvclive/torch/`` is a dvclive folder: ``plots/metrics/<member>/<curve>.tsv`` (columns
+``step`` = epoch and the curve, one file per member (``fold_{k}`` for a fold's single
+model, ``cmi.nn.members`` names the others) and curve in ``CURVE_COLUMNS``) and
 ``metrics.json`` (dvclive's summary, kept small here: where training is and how the inner
 fold scores). dvc.yaml declares both, so `dvc exp show` sees progress during a run too.
 
@@ -21,7 +22,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from cmi.nn.train import CURVE_COLUMNS, SELECTED_BY
+from cmi.nn.members import Member
+from cmi.nn.train import CURVE_COLUMNS
 
 log = logging.getLogger("cmi.nn.curves")
 
@@ -42,21 +44,24 @@ class EpochCurves:
         )
         self._best: dict[int, float] = {}
 
-    def __call__(self, fold: int, row: list[float]) -> None:
+    def __call__(self, member: Member, row: list[float]) -> None:
         values = dict(zip(CURVE_COLUMNS, row, strict=True))
         epoch = int(values.pop("epoch"))
         self._live.step = epoch
         for name, value in values.items():
-            self._live.log_metric(f"fold_{fold}/{name}", float(value))
-        best = max(self._best.get(fold, float("-inf")), values[SELECTED_BY])
-        self._best[fold] = best
+            self._live.log_metric(f"{member.name}/{name}", float(value))
+        best = max(self._best.get(member.name, float("-inf")), values[member.selected_by])
+        self._best[member.name] = best
         # The summary says where training is (the last row) rather than repeating every
         # fold's latest values: a handful of columns in `dvc exp show`.
+        summary: dict[str, Any] = {"fold": member.fold}
+        if member.name != f"fold_{member.fold}":
+            summary["member"] = member.name
         self._live.summary = {
-            "fold": fold,
+            **summary,
             "epoch": epoch,
             **values,
-            f"best_{SELECTED_BY}": best,
+            f"best_{member.selected_by}": best,
         }
         self._live.next_step()
 

@@ -1,7 +1,9 @@
-"""Cross-validation of the network: one model per outer fold, resumable (the torch stage's core).
+"""Cross-validation of the network: the members of each outer fold (``cmi.nn.members``: one
+per seed, full input and optionally IMU-only), resumable (the torch stage's core).
 
-``run_torch_cv`` mirrors ``cmi.lgbm.run_cv``: for each fold it reuses a finished fold from
-the checkpoint store, or trains it (resuming from its last epoch), then saves it finished.
+``run_torch_cv`` mirrors ``cmi.lgbm.run_cv``: for each member of each fold it reuses a
+finished member from the checkpoint store, or trains it (resuming from its last epoch), then
+saves it finished.
 The store's fingerprint covers the stage's inputs, its params (``cv``, ``torch`` and ``eval``,
 whose ``imu_only_share`` weighs the views that pick the epoch), the ``cmi`` code the stage's
 deps in dvc.yaml list (``code_files``) and torch's version.
@@ -23,12 +25,13 @@ import yaml
 from cmi.checkpoint import CheckpointStore
 from cmi.evaluation import check_share
 from cmi.nn import checkpoint as ckpt
+from cmi.nn.augment import check_augment_params
 from cmi.nn.data import Scaler, input_channels
-from cmi.nn.fold_data import inner_fold_of, labeled_sequences, prepare_fold
-from cmi.nn.model import architecture_kwargs
+from cmi.nn.fold_data import FoldInputs, inner_fold_of, labeled_sequences, prepare_fold
+from cmi.nn.members import Member, fold_members, member_inputs, member_seeds, network_architecture
 from cmi.nn.runtime import Runtime
 from cmi.nn.train import BatchHook, EpochHook, TorchFoldResult, train_torch_fold
-from cmi.nn.views import ViewPredictions
+from cmi.nn.views import ViewPredictions, average_predictions
 from cmi.params import Params, section_dict
 from cmi.paths import ProjectPaths
 
@@ -107,9 +110,49 @@ def checkpoint_store(base: Path, input_files: Sequence[Path], params: Params) ->
     return CheckpointStore.for_inputs(base, files, fingerprint_params(params), salt)
 
 
-# ----------------------------------------------------------------------------- finished folds
+# ----------------------------------------------------------------------------- folds
+@dataclass
+class TorchFold:
+    """Outer fold ``fold``: its members (``cmi.nn.members``) and their averaged predictions.
+
+    The ``full`` view averages the full-input members; the ``imu_only`` view averages the
+    IMU-only members when there are some (``torch.imu_only_model``), else the full-input
+    members (which then serve IMU-only inputs through their modality dropout).
+    """
+
+    fold: int
+    inner_fold: int
+    members: list[TorchFoldResult]
+    scaler: Scaler  # the full-input members' (IMU-only members: the same stats, IMU channels)
+    pad_len: int
+
+    def of_kind(self, kind: str) -> list[TorchFoldResult]:
+        return [r for r in self.members if member_of(r).kind == kind]
+
+    @property
+    def predictions(self) -> dict[str, ViewPredictions]:
+        full = self.of_kind("full")
+        imu_only = self.of_kind("imu") or full
+        return {
+            "full": average_predictions([r.predictions["full"] for r in full]),
+            "imu_only": average_predictions([r.predictions["imu_only"] for r in imu_only]),
+        }
+
+    @property
+    def primary(self) -> TorchFoldResult:
+        """The first full-input member (the fold's single model by default)."""
+        return self.of_kind("full")[0]
+
+
+def member_of(result: TorchFoldResult) -> Member:
+    """The member a result belongs to (every result of ``run_torch_fold`` has one)."""
+    if result.member is None:
+        raise ValueError(f"fold {result.fold}: a member result without its member")
+    return result.member
+
+
 def _finished_payload(result: TorchFoldResult) -> dict[str, Any]:
-    return {
+    payload = {
         "inner_fold": result.inner_fold,
         "best_epoch": result.best_epoch,
         "best_score": result.best_score,
@@ -123,41 +166,87 @@ def _finished_payload(result: TorchFoldResult) -> dict[str, Any]:
         "scaler": result.scaler.to_json(),
         "pad_len": result.pad_len,
     }
+    if all(pred.orientation is not None for pred in result.predictions.values()):
+        payload["view_orientation"] = {
+            view: torch.from_numpy(np.ascontiguousarray(pred.orientation))
+            for view, pred in result.predictions.items()
+        }
+    return payload
 
 
-def _result_from_payload(payload: dict[str, Any], fold: int) -> TorchFoldResult:
+def _result_from_payload(payload: dict[str, Any], member: Member) -> TorchFoldResult:
+    orientation = payload.get("view_orientation", {})
     return TorchFoldResult(
-        fold=fold,
+        fold=member.fold,
         inner_fold=int(payload["inner_fold"]),
         best_epoch=int(payload["best_epoch"]),
         best_score=float(payload["best_score"]),
         best_state=payload["best_state"],
         predictions={
-            view: ViewPredictions(list(ids), payload["view_proba"][view].numpy())
+            view: ViewPredictions(
+                list(ids),
+                payload["view_proba"][view].numpy(),
+                orientation[view].numpy() if view in orientation else None,
+            )
             for view, ids in payload["view_ids"].items()
         },
         curves=[[float(v) for v in row] for row in payload["curves"]],
         scaler=Scaler.from_json(payload["scaler"]),
         pad_len=int(payload["pad_len"]),
+        member=member,
     )
 
 
-def load_finished_fold(store: CheckpointStore, fold: int) -> TorchFoldResult | None:
-    found = ckpt.load_fold_checkpoint(store, fold)
+def load_finishedmember_of(store: CheckpointStore, member: Member) -> TorchFoldResult | None:
+    found = ckpt.load_member_checkpoint(store, member)
     if found is None or found.kind != "finished":
         return None
     try:
-        result = _result_from_payload(found.payload, fold)
+        result = _result_from_payload(found.payload, member)
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         log.warning(
-            "fold %d: finished-fold file %s is incomplete (%s); retraining", fold, found.path, error
-        )
+            "%s: finished-fold file %s is incomplete (%s); retraining",
+            member.label, found.path, error,
+        )  # fmt: skip
         return None
-    log.info("fold %d: finished earlier, using %s", fold, found.path)
+    log.info("%s: finished earlier, using %s", member.label, found.path)
     return result
 
 
-# ----------------------------------------------------------------------------- folds
+def _trainmember_of(
+    inputs: FoldInputs,
+    member: Member,
+    params: Params,
+    runtime: Runtime,
+    store: CheckpointStore | None,
+    on_batch: BatchHook | None,
+    on_epoch: EpochHook | None,
+) -> TorchFoldResult:
+    own = member_inputs(inputs, member.kind)
+    arch = network_architecture(len(own.scaler.channels), params.torch)
+    log.info(
+        "%s: %d training / %d inner validation (fold %d) / %d scored sequences, "
+        "pad_len %d, %d channels, seed %d",
+        member.label, len(own.train), len(own.inner), own.inner_fold, len(own.scored),
+        own.pad_len, len(own.scaler.channels), member.seed,
+    )  # fmt: skip
+    result = train_torch_fold(
+        own,
+        arch,
+        params.torch,
+        device=runtime.device,
+        imu_only_share=check_share(params.eval.imu_only_share),
+        store=store,
+        dist=runtime.dist,
+        on_batch=on_batch,
+        on_epoch=on_epoch,
+        member=member,
+    )
+    if store is not None and runtime.dist.is_main:
+        ckpt.save_member_checkpoint(store, member, "finished", _finished_payload(result))
+    return result
+
+
 def run_torch_fold(
     data: TorchTrainingData,
     fold: int,
@@ -166,40 +255,27 @@ def run_torch_fold(
     store: CheckpointStore | None = None,
     on_batch: BatchHook | None = None,
     on_epoch: EpochHook | None = None,
-) -> TorchFoldResult:
-    """A finished fold from the store, else train it (resuming from its last epoch)."""
-    if store is not None:
-        done = load_finished_fold(store, fold)
+) -> TorchFold:
+    """Every member of ``fold``: finished ones from the store, the others trained (resuming
+    from their last epoch)."""
+    inputs: FoldInputs | None = None  # prepared only if some member must train
+    results = []
+    for member in fold_members(fold, params.torch):
+        runtime.barrier()
+        done = load_finishedmember_of(store, member) if store is not None else None
         if done is not None:
             if on_epoch is not None and runtime.dist.is_main:
                 for row in done.curves:
-                    on_epoch(fold, row)
-            return done
-    tp = params.torch
-    inputs = prepare_fold(data.frame_features, data.labeled, fold, data.channels, tp)
-    arch = architecture_kwargs(
-        len(data.channels), tp.conv_channels, tp.lstm_hidden, tp.gru_hidden, tp.dropout
-    )
-    log.info(
-        "fold %d: %d training / %d inner validation (fold %d) / %d scored sequences, "
-        "pad_len %d, %d channels",
-        fold, len(inputs.train), len(inputs.inner), inputs.inner_fold, len(inputs.scored),
-        inputs.pad_len, len(data.channels),
-    )  # fmt: skip
-    result = train_torch_fold(
-        inputs,
-        arch,
-        tp,
-        device=runtime.device,
-        imu_only_share=check_share(params.eval.imu_only_share),
-        store=store,
-        dist=runtime.dist,
-        on_batch=on_batch,
-        on_epoch=on_epoch,
-    )
-    if store is not None and runtime.dist.is_main:
-        ckpt.save_fold_checkpoint(store, fold, "finished", _finished_payload(result))
-    return result
+                    on_epoch(member, row)
+            results.append(done)
+            continue
+        if inputs is None:
+            inputs = prepare_fold(
+                data.frame_features, data.labeled, fold, data.channels, params.torch
+            )
+        results.append(_trainmember_of(inputs, member, params, runtime, store, on_batch, on_epoch))
+    full = next(r for r in results if member_of(r).kind == "full")
+    return TorchFold(fold, full.inner_fold, results, full.scaler, full.pad_len)
 
 
 def run_torch_cv(
@@ -210,10 +286,11 @@ def run_torch_cv(
     *,
     on_batch: BatchHook | None = None,
     on_epoch: EpochHook | None = None,
-) -> list[TorchFoldResult]:
-    """Train (or reuse from ``store``) one model per outer fold, in fold order."""
-    results = []
-    for fold in range(data.n_folds):
-        runtime.barrier()
-        results.append(run_torch_fold(data, fold, params, runtime, store, on_batch, on_epoch))
-    return results
+) -> list[TorchFold]:
+    """Train (or reuse from ``store``) every member of every outer fold, in fold order."""
+    check_augment_params(params.torch)
+    member_seeds(params.torch)  # a repeated seed fails before any training
+    return [
+        run_torch_fold(data, fold, params, runtime, store, on_batch, on_epoch)
+        for fold in range(data.n_folds)
+    ]

@@ -17,7 +17,7 @@ import polars as pl
 
 from cmi.nn.data import Scaler, modality_indices, pad_length, sequence_lengths, to_padded
 from cmi.params import TorchParams
-from cmi.schema import N_CLASSES
+from cmi.schema import N_CLASSES, ORIENTATIONS
 
 MIN_FOLDS = 3  # a training part, an inner validation fold and the scored fold
 
@@ -31,6 +31,9 @@ class PaddedPart:
     mask: np.ndarray  # (N, T) bool, True = real frame
     y: np.ndarray  # (N,) int64 class index
     sensor_group: np.ndarray  # (N,) native group: "full" | "imu_only"
+    # (N,) int64 index into schema.ORIENTATIONS, -1 unknown; a training-only target (the
+    # auxiliary head, same-orientation mixup), never an input.
+    orientation: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -61,7 +64,9 @@ def inner_fold_of(fold: int, n_folds: int) -> int:
 
 
 def labeled_sequences(sequences: pl.DataFrame, folds: pl.DataFrame) -> pl.DataFrame:
-    """sequence_id, fold, label, sensor_group for every sequence of the folds table."""
+    """sequence_id, fold, label, sensor_group (and orientation, an index into
+    schema.ORIENTATIONS or -1, when the sequences table has it) for every sequence of the
+    folds table."""
     for name, frame, columns in (
         ("sequences.parquet", sequences, ("sequence_id", "label", "sensor_group")),
         ("folds.parquet", folds, ("sequence_id", "fold")),
@@ -69,9 +74,20 @@ def labeled_sequences(sequences: pl.DataFrame, folds: pl.DataFrame) -> pl.DataFr
         missing = [c for c in columns if c not in frame.columns]
         if missing:
             raise ValueError(f"{name}: missing column(s) {missing}")
+    extra = ["orientation"] if "orientation" in sequences.columns else []
     table = folds.select("sequence_id", "fold").join(
-        sequences.select("sequence_id", "label", "sensor_group"), on="sequence_id", how="left"
+        sequences.select("sequence_id", "label", "sensor_group", *extra),
+        on="sequence_id",
+        how="left",
     )
+    if extra:
+        index = {name: i for i, name in enumerate(ORIENTATIONS)}
+        table = table.with_columns(
+            pl.col("orientation")
+            .cast(pl.Utf8)
+            .replace_strict(index, default=-1, return_dtype=pl.Int64)
+            .fill_null(-1)
+        )
     bad = table.filter(pl.col("label").is_null())
     if bad.height:
         raise ValueError(
@@ -108,13 +124,41 @@ def _padded_part(
             f"e.g. {missing[:3]}"
         )
     rows = pl.DataFrame({"sequence_id": ids}).join(table, on="sequence_id", how="left")
+    orientation = (
+        rows["orientation"].to_numpy().astype(np.int64)
+        if "orientation" in rows.columns
+        else np.full(len(ids), -1, dtype=np.int64)
+    )
     return PaddedPart(
         ids=ids,
         x=x,
         mask=mask,
         y=rows["label"].to_numpy().astype(np.int64),
         sensor_group=rows["sensor_group"].cast(pl.Utf8).to_numpy().astype(str),
+        orientation=orientation,
     )
+
+
+def needs_orientation(params: TorchParams) -> bool:
+    """Whether training reads the orientation target (auxiliary head, same-orientation mixup)."""
+    return params.aux_orientation_weight > 0 or (
+        params.mixup_alpha > 0 and params.mixup_same_orientation
+    )
+
+
+def check_orientation(table: pl.DataFrame, what: str) -> None:
+    """Every sequence of ``table`` (a labeled_sequences part) has a known orientation."""
+    if "orientation" not in table.columns:
+        raise ValueError(
+            "sequences.parquet: no column orientation, which torch.aux_orientation_weight > 0 "
+            "or torch.mixup_same_orientation need; rerun the extract stage"
+        )
+    bad = table.filter(pl.col("orientation") < 0)
+    if bad.height:
+        raise ValueError(
+            f"sequences.parquet: column orientation null or not one of schema.ORIENTATIONS for "
+            f"{bad.height} {what} sequence(s), e.g. {bad['sequence_id'].head(3).to_list()}"
+        )
 
 
 def prepare_fold(
@@ -135,6 +179,8 @@ def prepare_fold(
     for what, table in tables.items():
         if table.height == 0:
             raise ValueError(f"fold {fold}: empty {what} part (inner fold {inner})")
+    if needs_orientation(params):
+        check_orientation(tables["training"], f"training (fold {fold})")
     frames = {what: _frames_of(frame_features, t["sequence_id"]) for what, t in tables.items()}
     scaler = Scaler.fit(frames["training"], channels)
     lengths = sequence_lengths(frames["training"])["length"].to_numpy()

@@ -1,4 +1,5 @@
-"""TimeSeriesNet: Conv1d blocks -> BiLSTM -> GRU -> masked attention pooling -> 18 logits.
+"""TimeSeriesNet: Conv1d blocks -> BiLSTM -> GRU -> masked attention pooling -> 18 logits
+(and, with ``n_orientations``, an auxiliary orientation head on the same pooled vector).
 
 Padding never leaks into the output: padded steps are zeroed before every convolution, excluded
 from every max-pool window that has a real step, and get exactly zero attention weight.
@@ -15,10 +16,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from cmi.io import write_with
-from cmi.schema import N_CLASSES
+from cmi.schema import N_CLASSES, ORIENTATIONS
 
 # Feature and mask time axes are halved this many times (MaxPool1d(2, ceil_mode=True) each).
 N_POOLS = 2
+# Classes of the auxiliary orientation head, in schema.ORIENTATIONS order.
+N_ORIENTATIONS = len(ORIENTATIONS)
 _WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
 
 
@@ -84,7 +87,9 @@ class TimeSeriesNet(nn.Module):
 
     ``conv_channels`` gives one ConvBlock per entry; the first ``N_POOLS`` blocks are each
     followed by a masked MaxPool1d(2). The BiLSTM and the (unidirectional) GRU run over the
-    pooled steps; padded steps are zeroed between them.
+    pooled steps; padded steps are zeroed between them. ``n_orientations`` > 0 adds
+    ``orientation_head`` (training's auxiliary task, ``forward_heads``); ``forward`` still
+    returns the gesture logits only, so inference code need not know about it.
     """
 
     def __init__(
@@ -95,6 +100,7 @@ class TimeSeriesNet(nn.Module):
         lstm_hidden: int = 64,
         gru_hidden: int = 64,
         dropout: float = 0.3,
+        n_orientations: int = 0,
     ) -> None:
         super().__init__()
         if n_channels < 1 or not conv_channels:
@@ -114,14 +120,43 @@ class TimeSeriesNet(nn.Module):
             nn.Dropout(dropout),
             nn.Linear(gru_hidden, n_classes),
         )
+        self.n_classes = n_classes
+        # Built last: without it the modules (and the seeded initial weights) are unchanged.
+        self.orientation_head = (
+            nn.Sequential(nn.Dropout(dropout), nn.Linear(gru_hidden, n_orientations))
+            if n_orientations > 0
+            else None
+        )
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, heads: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Gesture logits; with ``heads`` (training through DDP/DataParallel wrappers, which
+        only forward ``forward``) the pair of ``forward_heads``."""
+        if heads:
+            return self.forward_heads(x, mask)
         return self.forward_with_attention(x, mask)[0]
+
+    def forward_heads(
+        self, x: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gesture logits (B, 18) and orientation logits (B, n_orientations)."""
+        if self.orientation_head is None:
+            raise ValueError("forward_heads: this TimeSeriesNet has no orientation head")
+        pooled, _, _ = self._pooled(x, mask)
+        return self.head(pooled), self.orientation_head(pooled)
 
     def forward_with_attention(
         self, x: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """logits (B, n_classes), attention weights (B, T') and the pooled mask (B, T')."""
+        pooled, weights, mask = self._pooled(x, mask)
+        return self.head(pooled), weights, mask
+
+    def _pooled(
+        self, x: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The attention-pooled representation (B, gru_hidden) every head reads."""
         mask = mask.bool()
         h = x.masked_fill(~mask[..., None], 0.0).transpose(1, 2)  # (B, C, T)
         for i, block in enumerate(self.blocks):
@@ -135,7 +170,7 @@ class TimeSeriesNet(nn.Module):
         h = h * mask[..., None].to(h.dtype)
         h, _ = self.gru(h)
         pooled, weights = self.attention(h, mask)
-        return self.head(pooled), weights, mask
+        return pooled, weights, mask
 
 
 def architecture_kwargs(
@@ -144,9 +179,11 @@ def architecture_kwargs(
     lstm_hidden: int,
     gru_hidden: int,
     dropout: float,
+    n_orientations: int = 0,
 ) -> dict[str, Any]:
-    """JSON-ready kwargs of TimeSeriesNet (meta.json "architecture")."""
-    return {
+    """JSON-ready kwargs of TimeSeriesNet (meta.json "architecture"); ``n_orientations``
+    appears only when there is an orientation head."""
+    kwargs: dict[str, Any] = {
         "n_channels": int(n_channels),
         "n_classes": N_CLASSES,
         "conv_channels": [int(c) for c in conv_channels],
@@ -154,6 +191,9 @@ def architecture_kwargs(
         "gru_hidden": int(gru_hidden),
         "dropout": float(dropout),
     }
+    if n_orientations > 0:
+        kwargs["n_orientations"] = int(n_orientations)
+    return kwargs
 
 
 def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,13 +1,18 @@
-"""Training one outer fold of TimeSeriesNet, with epoch-level resume and honest epoch choice.
+"""Training one member of an outer fold (``cmi.nn.members``), with epoch-level resume and
+honest epoch choice.
 
-Each epoch trains on the fold's training part, then scores the inner validation fold in both
-views (as recorded, and IMU-only as the hidden test presents half its sequences); the epoch
-with the best inner ``test_like`` score wins (``cmi.nn.fold_data`` says why that is honest).
+Each epoch trains on the fold's training part (augmented by ``cmi.nn.augment`` where
+params.torch asks; with an orientation head, its loss weighted by
+``aux_orientation_weight`` is added), then scores the inner validation fold in both views (as
+recorded, and IMU-only as the hidden test presents half its sequences); the epoch with the
+best inner score wins: ``test_like`` for a full-input member, ``imu_only`` for an IMU-only
+one (``cmi.nn.fold_data`` says why that is honest).
 
-Reproducibility: every random draw of an epoch (shuffle, modality dropout, dropout masks) comes
-from seeds derived from (seed, fold, epoch), so an epoch does not depend on what ran before
-it in this process. With model/optimizer/scheduler/AMP-scaler/RNG states restored from the
-last epoch checkpoint, a resumed run is bit-identical to an uninterrupted one on CPU.
+Reproducibility: every random draw of an epoch (shuffle, modality dropout, augmentation,
+dropout masks) comes from seeds derived from (member seed, fold, epoch), so an epoch does not
+depend on what ran before it in this process. With model/optimizer/scheduler/AMP-scaler/RNG
+states restored from the last epoch checkpoint, a resumed run is bit-identical to an
+uninterrupted one on CPU.
 """
 
 from __future__ import annotations
@@ -24,14 +29,24 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from cmi.checkpoint import CheckpointStore
 from cmi.evaluation import VIEWS
 from cmi.nn import checkpoint as ckpt
-from cmi.nn.data import FILL_VALUE, Scaler
+from cmi.nn.augment import Augmenter, build_augmenter
+from cmi.nn.batches import (
+    EpochBatches,
+    apply_modality_dropout,
+    epoch_batches,
+    mixed_cross_entropy,
+    steps_per_epoch,
+    training_tensors,
+)
+from cmi.nn.data import Scaler
 from cmi.nn.fold_data import FoldInputs
+from cmi.nn.members import Member, member_seeds
 from cmi.nn.model import TimeSeriesNet, plain_state_dict, unwrap
 from cmi.nn.runtime import (
     Distributed,
@@ -44,6 +59,20 @@ from cmi.nn.runtime import (
 from cmi.nn.views import ViewPredictions, part_view_scores, predict_views, recorded_proba
 from cmi.params import TorchParams
 
+__all__ = [
+    "CURVE_COLUMNS",
+    "SELECTED_BY",
+    "TorchFoldResult",
+    "apply_modality_dropout",
+    "epoch_batches",
+    "kill_hook",
+    "new_run",
+    "steps_per_epoch",
+    "train_epoch",
+    "train_torch_fold",
+    "training_tensors",
+]
+
 log = logging.getLogger("cmi.nn.train")
 
 # on_batch(fold, epoch (1-based), batch (0-based)): a hook called before every training step.
@@ -55,54 +84,9 @@ CURVE_COLUMNS: tuple[str, ...] = (
     "inner_loss",
     *(f"inner_{view}" for view in (*VIEWS, "test_like")),
 )
-SELECTED_BY = "inner_test_like"
-# on_epoch(fold, curve row): called for every epoch row, restored from a checkpoint or new.
-EpochHook = Callable[[int, list[float]], None]
-
-
-# ----------------------------------------------------------------------------- batches
-def epoch_batches(
-    n: int, batch_size: int, generator: torch.Generator, world_size: int = 1
-) -> list[torch.Tensor]:
-    """Shuffled index batches; a last batch too small to give every rank a row is dropped."""
-    perm = torch.randperm(n, generator=generator)
-    batches = list(torch.split(perm, batch_size))
-    if batches and len(batches[-1]) < world_size:
-        batches.pop()
-    return batches
-
-
-def steps_per_epoch(n: int, batch_size: int, world_size: int = 1) -> int:
-    steps = math.ceil(n / batch_size)
-    last = n - (steps - 1) * batch_size
-    return steps - (1 if steps and last < world_size else 0)
-
-
-class _EpochBatches(Dataset):
-    """Each item is a whole batch (DataLoader with batch_size=None): no per-row collation."""
-
-    def __init__(self, tensors: tuple[torch.Tensor, ...], batches: list[torch.Tensor]) -> None:
-        self.tensors = tensors
-        self.batches = batches
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
-        idx = self.batches[i]
-        return tuple(t[idx] for t in self.tensors)
-
-
-def apply_modality_dropout(
-    x: torch.Tensor, drop: torch.Tensor, modality_idx: torch.Tensor
-) -> torch.Tensor:
-    """thm/tof channels of the ``drop`` rows set to FILL_VALUE, as in a real IMU-only sequence."""
-    if modality_idx.numel() == 0 or not bool(drop.any()):
-        return x
-    x = x.clone()
-    rows = drop.nonzero(as_tuple=True)[0]
-    x[rows[:, None], :, modality_idx[None, :]] = FILL_VALUE
-    return x
+SELECTED_BY = "inner_test_like"  # of a full-input member; Member.selected_by says for each
+# on_epoch(member, curve row): called for every epoch row, restored from a checkpoint or new.
+EpochHook = Callable[[Member, list[float]], None]
 
 
 # ----------------------------------------------------------------------------- training
@@ -111,7 +95,7 @@ class TrainState:
     """What an epoch checkpoint restores besides model/optimizer/scheduler/scaler/RNG."""
 
     epoch: int = 0  # epochs finished
-    best_score: float = -math.inf  # inner test_like of the best epoch
+    best_score: float = -math.inf  # inner score (Member.selected_by) of the best epoch
     best_epoch: int = 0
     best_state: dict[str, torch.Tensor] | None = None
     curves: list[list[float]] = field(default_factory=list)  # rows of CURVE_COLUMNS
@@ -119,7 +103,8 @@ class TrainState:
 
 @dataclass
 class TorchFoldResult:
-    """Outer fold ``fold``'s model (best epoch on ``inner_fold``) and its OOF predictions."""
+    """One member of outer fold ``fold``: its model (best epoch on ``inner_fold``) and its
+    predictions of the scored fold."""
 
     fold: int
     inner_fold: int
@@ -131,6 +116,7 @@ class TorchFoldResult:
     scaler: Scaler
     pad_len: int
     resumed_from: int = 0  # epochs restored from a checkpoint (0 = fresh start)
+    member: Member | None = None  # None: the fold's single model (first seed, full input)
 
 
 @dataclass
@@ -144,8 +130,17 @@ class FoldRun:
     state: TrainState
 
 
-def new_run(arch: dict[str, Any], params: TorchParams, fold: int, steps: int, device) -> FoldRun:
-    seed_everything(derive_seed(params.seed, fold, "init"))
+def new_run(
+    arch: dict[str, Any],
+    params: TorchParams,
+    fold: int,
+    steps: int,
+    device,
+    seed: int | None = None,
+) -> FoldRun:
+    """Fresh model/optimizer/scheduler of a member seeded ``seed`` (default: the first)."""
+    seed = member_seeds(params)[0] if seed is None else seed
+    seed_everything(derive_seed(seed, fold, "init"))
     model = TimeSeriesNet(**arch).to(device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=params.lr, weight_decay=params.weight_decay
@@ -207,34 +202,62 @@ def train_epoch(
     device: torch.device,
     dist: Distributed,
     on_batch: BatchHook | None,
+    seed: int | None = None,
+    augmenter: Augmenter | None = None,
 ) -> float:
-    """One epoch over the training part; returns the mean training loss of this rank's rows."""
-    seed_everything(derive_seed(params.seed, inputs.fold, epoch, "train"))
-    generator = torch.Generator().manual_seed(derive_seed(params.seed, inputs.fold, epoch, "data"))
+    """One epoch over the training part (``tensors``: ``training_tensors(inputs.train)``);
+    returns the mean training loss of this rank's rows."""
+    seed = member_seeds(params)[0] if seed is None else seed
+    seed_everything(derive_seed(seed, inputs.fold, epoch, "train"))
+    generator = torch.Generator().manual_seed(derive_seed(seed, inputs.fold, epoch, "data"))
     n = len(inputs.train)
     batches = epoch_batches(n, params.batch_size, generator, dist.world_size)
     drop = torch.rand(n, generator=generator) < params.modality_dropout
     if dist.enabled:
         batches = [b[dist.rank :: dist.world_size] for b in batches]
+    seed_parts = (seed, inputs.fold, epoch, dist.rank)
     loader = DataLoader(
-        _EpochBatches((*tensors, drop), batches),
+        EpochBatches((*tensors, drop), batches, augmenter, seed_parts),
         batch_size=None,
         shuffle=False,
         num_workers=params.num_workers,
     )
     modality_idx = torch.from_numpy(inputs.modality_idx)
     criterion = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
+    aux_weight = params.aux_orientation_weight
     use_amp = device.type == "cuda"
     trained.train()
     total, count = 0.0, 0
-    for b, (xb, mb, yb, dropb) in enumerate(loader):
+    for b, batch in enumerate(loader):
         if on_batch is not None:
             on_batch(inputs.fold, epoch + 1, b)
+        if augmenter is None:
+            xb, mb, yb, ob, dropb = batch
+            yb_mix, ob_mix, lam = yb, ob, torch.ones(len(yb))
+        else:
+            xb, mb, yb, yb_mix, ob, ob_mix, lam, dropb = batch
         xb = apply_modality_dropout(xb, dropb, modality_idx).to(device, non_blocking=True)
         mb, yb = mb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
         run.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-            loss = criterion(trained(xb, mb).float(), yb)
+            if aux_weight > 0:
+                logits, orientation_logits = trained(xb, mb, heads=True)
+            else:
+                logits = trained(xb, mb)
+            if augmenter is not None and augmenter.mixes:
+                yb_mix, lam = yb_mix.to(device), lam.to(device)
+                loss = mixed_cross_entropy(logits.float(), yb, yb_mix, lam, params.label_smoothing)
+            else:
+                loss = criterion(logits.float(), yb)
+            if aux_weight > 0:
+                orientation_loss = mixed_cross_entropy(
+                    orientation_logits.float(),
+                    ob.to(device),
+                    ob_mix.to(device),
+                    lam.to(device),
+                    params.label_smoothing,
+                )
+                loss = loss + aux_weight * orientation_loss
         run.grad_scaler.scale(loss).backward()
         run.grad_scaler.unscale_(run.optimizer)
         nn.utils.clip_grad_norm_(trained.parameters(), params.grad_clip)
@@ -247,23 +270,29 @@ def train_epoch(
 
 
 def _resume(
-    run: FoldRun, store: CheckpointStore | None, fold: int, rebuild: Callable[[], FoldRun]
+    run: FoldRun, store: CheckpointStore | None, member: Member, rebuild: Callable[[], FoldRun]
 ) -> tuple[FoldRun, int]:
-    """The run restored from fold ``fold``'s epoch checkpoint, if there is a usable one."""
-    found = ckpt.load_fold_checkpoint(store, fold) if store is not None else None
+    """The run restored from ``member``'s epoch checkpoint, if there is a usable one."""
+    found = ckpt.load_member_checkpoint(store, member) if store is not None else None
     if found is None or found.kind != "epoch":
         return run, 0
     try:
         _restore(run, found.payload)
     except (KeyError, RuntimeError, ValueError, TypeError) as error:
         log.warning(
-            "fold %d: checkpoint %s does not fit (%s); restarting the fold", fold, found.path, error
-        )
+            "%s: checkpoint %s does not fit (%s); restarting the fold",
+            member.label, found.path, error,
+        )  # fmt: skip
         return rebuild(), 0
     log.info(
-        "fold %d: resuming from epoch %d (checkpoint %s)", fold, run.state.epoch + 1, found.path
+        "%s: resuming from epoch %d (checkpoint %s)", member.label, run.state.epoch + 1, found.path
     )
     return run, run.state.epoch
+
+
+def default_member(inputs: FoldInputs, params: TorchParams) -> Member:
+    """The fold's single model: first seed, full input."""
+    return Member(inputs.fold, member_seeds(params)[0])
 
 
 def train_torch_fold(
@@ -277,30 +306,38 @@ def train_torch_fold(
     dist: Distributed | None = None,
     on_batch: BatchHook | None = None,
     on_epoch: EpochHook | None = None,
+    member: Member | None = None,
 ) -> TorchFoldResult:
-    """Train outer fold ``inputs.fold`` for ``params.epochs`` epochs on its training part; the
-    epoch with the best inner-fold test_like score wins; then predict the scored fold.
+    """Train ``member`` (default: the fold's single model) of outer fold ``inputs.fold`` for
+    ``params.epochs`` epochs on its training part; the epoch with the best inner-fold score
+    (``member.selected_by``) wins; then predict the scored fold.
 
-    With ``store``, an epoch checkpoint (unit ``fold_k``) is written after every epoch and
-    training resumes from a valid one. Under DDP only rank 0 validates and writes checkpoints.
+    ``inputs`` must be the member's own (``cmi.nn.members.member_inputs``: IMU channels only
+    for an IMU-only member). With ``store``, an epoch checkpoint (unit ``member.name``) is
+    written after every epoch and training resumes from a valid one. Under DDP only rank 0
+    validates and writes checkpoints.
     """
     dist = dist or Distributed()
+    member = member or default_member(inputs, params)
+    if member.fold != inputs.fold:
+        raise ValueError(f"{member.name}: inputs are fold {inputs.fold}'s")
+    if member.kind == "imu" and inputs.modality_idx.size:
+        raise ValueError(f"{member.name}: an IMU-only member got thm/ToF channels")
     fold = inputs.fold
     steps = steps_per_epoch(len(inputs.train), params.batch_size, dist.world_size)
-    rebuild = lambda: new_run(arch, params, fold, steps, device)  # noqa: E731
-    run, resumed_from = _resume(rebuild(), store, fold, rebuild)
+    rebuild = lambda: new_run(arch, params, fold, steps, device, member.seed)  # noqa: E731
+    run, resumed_from = _resume(rebuild(), store, member, rebuild)
     if on_epoch is not None and dist.is_main:
         for row in run.state.curves:  # restored epochs keep their curves
-            on_epoch(fold, row)
+            on_epoch(member, row)
 
     trained = wrap_model(run.model, device, dist)
-    tensors = tuple(
-        torch.from_numpy(a) for a in (inputs.train.x, inputs.train.mask, inputs.train.y)
-    )
+    tensors = training_tensors(inputs.train)
+    augmenter = build_augmenter(params, inputs.scaler)
     # A bar only on a terminal (disable=None): logs and tests see just the epoch lines.
     epochs = tqdm(
         range(run.state.epoch, params.epochs),
-        desc=f"torch fold {fold}",
+        desc=f"torch {member.name}",
         initial=run.state.epoch,
         total=params.epochs,
         unit="epoch",
@@ -310,23 +347,24 @@ def train_torch_fold(
     for epoch in epochs:
         started = time.perf_counter()
         train_loss = train_epoch(
-            run, trained, inputs, tensors, params, epoch, device, dist, on_batch
-        )
+            run, trained, inputs, tensors, params, epoch, device, dist, on_batch,
+            member.seed, augmenter,
+        )  # fmt: skip
         run.state.epoch = epoch + 1
         if not dist.is_main:
             continue
-        row = _validate(run, inputs, params, train_loss, imu_only_share)
+        row = _validate(run, inputs, params, train_loss, imu_only_share, member.selected_by)
         if store is not None:
-            ckpt.save_fold_checkpoint(store, fold, "epoch", _epoch_payload(run))
+            ckpt.save_member_checkpoint(store, member, "epoch", _epoch_payload(run))
         if on_epoch is not None:
-            on_epoch(fold, row)
+            on_epoch(member, row)
         log.info(
-            "fold %d epoch %d/%d: train_loss %.4f; inner fold %d: loss %.4f, full %.4f, "
+            "%s epoch %d/%d: train_loss %.4f; inner fold %d: loss %.4f, full %.4f, "
             "imu_only %.4f, test_like %.4f (best %.4f @ %d) %.1fs",
-            fold, epoch + 1, params.epochs, train_loss, inputs.inner_fold, *row[2:],
+            member.label, epoch + 1, params.epochs, train_loss, inputs.inner_fold, *row[2:],
             run.state.best_score, run.state.best_epoch, time.perf_counter() - started,
         )  # fmt: skip
-    return _finish(run, inputs, arch, device, dist, resumed_from)
+    return _finish(run, inputs, arch, device, dist, resumed_from, member)
 
 
 def _validate(
@@ -335,8 +373,9 @@ def _validate(
     params: TorchParams,
     train_loss: float,
     imu_only_share: float,
+    selected_by: str = SELECTED_BY,
 ) -> list[float]:
-    """Score the inner fold in both views; keep the weights if test_like improved."""
+    """Score the inner fold in both views; keep the weights if ``selected_by`` improved."""
     state = run.state
     model = unwrap(run.model)
     predictions = predict_views(model, inputs.inner, inputs.modality_idx)
@@ -350,7 +389,7 @@ def _validate(
         *(scores[view] for view in (*VIEWS, "test_like")),
     ]
     state.curves.append(row)
-    selected = row[CURVE_COLUMNS.index(SELECTED_BY)]
+    selected = row[CURVE_COLUMNS.index(selected_by)]
     if selected > state.best_score or state.best_state is None:
         state.best_score, state.best_epoch = selected, state.epoch
         state.best_state = plain_state_dict(run.model)
@@ -364,6 +403,7 @@ def _finish(
     device: torch.device,
     dist: Distributed,
     resumed_from: int,
+    member: Member,
 ) -> TorchFoldResult:
     state = run.state
     if state.best_state is None:
@@ -385,6 +425,7 @@ def _finish(
         scaler=inputs.scaler,
         pad_len=inputs.pad_len,
         resumed_from=resumed_from,
+        member=member,
     )
 
 

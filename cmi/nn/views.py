@@ -3,7 +3,11 @@
 A network scores ``full`` for sequences that have all sensors (their recorded input) and
 ``imu_only`` for every sequence (thm/ToF nulled as the hidden test presents half of its
 sequences; natively IMU-only sequences are unchanged by that). ``views_frame`` builds the OOF
-contract's rows from those predictions.
+contract's rows from those predictions, plus ``o0..o3`` (orientation probabilities in
+schema.ORIENTATIONS order) when the network has an orientation head.
+
+An IMU-only member (``cmi.nn.members``) gets a part with IMU channels only: its ``full`` view
+then sees the same input as its ``imu_only`` view, and only the latter is used.
 """
 
 from __future__ import annotations
@@ -18,10 +22,13 @@ from cmi.evaluation import OOF_COLUMNS as KEY_COLUMNS
 from cmi.evaluation import view_scores
 from cmi.nn.data import imu_only_inputs
 from cmi.nn.fold_data import PaddedPart
-from cmi.nn.predict import network_proba
+from cmi.nn.model import N_ORIENTATIONS
+from cmi.nn.predict import network_outputs
 from cmi.schema import N_CLASSES, PROBA_COLUMNS
 
 OOF_COLUMNS: tuple[str, ...] = (*KEY_COLUMNS, *PROBA_COLUMNS)
+# Orientation probabilities (auxiliary head), as cmi.orientation names them.
+ORIENTATION_COLUMNS: tuple[str, ...] = tuple(f"o{i}" for i in range(N_ORIENTATIONS))
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,12 @@ class ViewPredictions:
 
     ids: list[str]
     proba: np.ndarray  # (n, 18) float64, rows summing to 1
+    orientation: np.ndarray | None = None  # (n, 4) float64 from an orientation head
+
+
+def _predict(model: nn.Module, x: np.ndarray, mask: np.ndarray, ids: list[str]) -> ViewPredictions:
+    proba, orientation = network_outputs(model, x, mask)
+    return ViewPredictions(ids, proba, orientation)
 
 
 def predict_views(
@@ -39,11 +52,25 @@ def predict_views(
     full = np.flatnonzero(part.sensor_group == "full")
     imu_x = imu_only_inputs(part.x, modality_idx)
     return {
-        "full": ViewPredictions(
-            [part.ids[i] for i in full], network_proba(model, part.x[full], part.mask[full])
-        ),
-        "imu_only": ViewPredictions(list(part.ids), network_proba(model, imu_x, part.mask)),
+        "full": _predict(model, part.x[full], part.mask[full], [part.ids[i] for i in full]),
+        "imu_only": _predict(model, imu_x, part.mask, list(part.ids)),
     }
+
+
+def average_predictions(members: list[ViewPredictions]) -> ViewPredictions:
+    """The mean of several members' predictions of the same rows (one member: itself)."""
+    first = members[0]
+    for other in members[1:]:
+        if other.ids != first.ids:
+            raise ValueError("average_predictions: members predicted different sequences")
+    if len(members) == 1:
+        return first
+    orientation = None
+    if all(m.orientation is not None for m in members):
+        orientation = np.mean([m.orientation for m in members], axis=0)
+    return ViewPredictions(
+        list(first.ids), np.mean([m.proba for m in members], axis=0), orientation
+    )
 
 
 def recorded_proba(predictions: dict[str, ViewPredictions], part: PaddedPart) -> np.ndarray:
@@ -61,13 +88,19 @@ def views_frame(
     ``labeled`` gives y_true (``label``) and the native ``sensor_group`` of each sequence.
     """
     parts = []
+    with_orientation = all(p.orientation is not None for p in predictions.values())
     for view, pred in predictions.items():
         proba = np.asarray(pred.proba, dtype=np.float64).reshape(len(pred.ids), N_CLASSES)
+        extra = []
+        if with_orientation:
+            orientation = np.asarray(pred.orientation, dtype=np.float64)
+            extra = [pl.Series(c, orientation[:, i]) for i, c in enumerate(ORIENTATION_COLUMNS)]
         parts.append(
             pl.DataFrame({"sequence_id": pred.ids}, schema={"sequence_id": pl.Utf8}).with_columns(
                 pl.lit(fold, dtype=pl.Int32).alias("fold"),
                 pl.lit(view, dtype=pl.Utf8).alias("view"),
                 *(pl.Series(name, proba[:, i]) for i, name in enumerate(PROBA_COLUMNS)),
+                *extra,
             )
         )
     info = labeled.select(
@@ -76,7 +109,8 @@ def views_frame(
         pl.col("sensor_group").cast(pl.Utf8),
     )
     frame = pl.concat(parts).join(info, on="sequence_id", how="left")
-    return frame.select(OOF_COLUMNS).sort("sequence_id", "view")
+    columns = (*OOF_COLUMNS, *(ORIENTATION_COLUMNS if with_orientation else ()))
+    return frame.select(columns).sort("sequence_id", "view")
 
 
 def part_view_scores(
