@@ -23,7 +23,9 @@ stay ``FILL_VALUE`` with a False mask. The parameters come from ``params.torch``
   permutation; with ``mixup_same_orientation`` only within the same body orientation) with a
   weight lambda ~ Beta(alpha, alpha); its targets become lambda * own + (1 - lambda) *
   partner's. Where only one of the two has a real frame, that frame is kept whole (no mixing
-  with padding), and the mixed quaternion is renormalized.
+  with padding), and the mixed quaternion is renormalized. Mixing comes before modality
+  dropout (``cmi.nn.train``), so a dropped row's thm/ToF are exactly what a real IMU-only
+  sequence gives; a full row mixed with a natively IMU-only one gets weakened thm/ToF.
 
 Every draw comes from a generator seeded by (member seed, fold, epoch, rank, batch), so an
 epoch is the same whatever ran before it, whether it was resumed, and in whichever DataLoader
