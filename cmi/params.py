@@ -19,6 +19,8 @@ class ExtractParams:
     sampling_rate_hz: float = 10.0
     n_segments: int = 3
     tof_regions: bool = True
+    # Left-handed subjects (demographics handedness == 0) as their right-handed mirror image.
+    mirror_left_handed: bool = False
 
 
 @dataclass(frozen=True)
