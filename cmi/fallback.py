@@ -1,6 +1,9 @@
 """Counting the answers ``cmi.inference.predict`` could not compute, and the limit beyond which
 a submission should abort instead of scoring the fallback gesture silently.
 
+Post-processing is counted apart: an answer it could not post-process is still the blend's own
+answer (its argmax), not a fallback, so it never counts towards ``FallbackLimit``.
+
 ``predict`` never raises (Kaggle's server needs an answer for every sequence), so a bug that
 only real test input triggers would otherwise show only as log lines and a poor score.
 """
@@ -21,12 +24,22 @@ class AnswerStats:
     calls: int = 0
     fallbacks: int = 0  # answers that are FALLBACK_GESTURE because something failed
     torch_failures: int = 0  # real answers made by LightGBM alone because Torch failed
+    postprocessed: int = 0  # answers chosen by subject-level post-processing
+    postprocess_changed: int = 0  # ... of which differ from the blend's argmax
+    postprocess_failures: int = 0  # answers left at the argmax because post-processing failed
     last_error: str | None = None
 
     def describe(self) -> str:
         text = f"{self.fallbacks} fallback(s) in {self.calls} answer(s)"
         if self.torch_failures:
             text += f", {self.torch_failures} by LightGBM alone (Torch failed)"
+        if self.postprocessed or self.postprocess_failures:
+            text += (
+                f"; post-processing chose {self.postprocessed} ({self.postprocess_changed} "
+                "differ from the blend's argmax)"
+            )
+        if self.postprocess_failures:
+            text += f", failed on {self.postprocess_failures} (answered the argmax)"
         return text + (f"; last error: {self.last_error}" if self.last_error else "")
 
 
@@ -37,9 +50,26 @@ class AnswerCounter:
         self._lock = threading.Lock()
         self._stats = AnswerStats()
 
-    def answered(self) -> None:
+    def answered(self, postprocessed: bool = False, changed: bool = False) -> None:
         with self._lock:
-            self._stats = replace(self._stats, calls=self._stats.calls + 1)
+            stats = self._stats
+            self._stats = replace(
+                stats,
+                calls=stats.calls + 1,
+                postprocessed=stats.postprocessed + int(postprocessed),
+                postprocess_changed=stats.postprocess_changed + int(postprocessed and changed),
+            )
+
+    def postprocess_failed(self, error: BaseException) -> None:
+        """A real answer (the argmax) given because post-processing failed."""
+        with self._lock:
+            stats = self._stats
+            self._stats = replace(
+                stats,
+                calls=stats.calls + 1,
+                postprocess_failures=stats.postprocess_failures + 1,
+                last_error=repr(error)[:500],
+            )
 
     def fell_back(self, error: BaseException | None) -> None:
         with self._lock:

@@ -4,7 +4,12 @@ The bundle loads once, lazily, on the first call (or on an explicit ``load()``, 
 notebook's start) and stays cached in this module. Settings come from environment variables
 read when the bundle first loads (see ``cmi.inference_settings``: MODEL_PATH,
 TORCH_BUNDLE_PATH, ENSEMBLE_W_LGBM, ENSEMBLE_W_TORCH, LOAD_TORCH_FOLDS_IN_MEMORY,
-FAIL_IF_TORCH_MISSING, BUNDLE_DIGEST).
+FAIL_IF_TORCH_MISSING, BUNDLE_DIGEST, SUBJECT_POSTPROCESS).
+
+``predict`` is stateful: it remembers each subject's earlier sequences (``cmi.subjects``,
+bounded) and answers through the subject-level post-processing the bundle was built for
+(or SUBJECT_POSTPROCESS's). A failure there answers the plain blend's argmax, is logged and
+counted apart from fallbacks (``answer_stats().postprocess_failures``).
 
 Features come only from ``cmi.features`` (the training code path), Torch inputs only from
 ``cmi.nn.data``. ``predict`` never raises: on any failure it logs, counts the failure
@@ -30,12 +35,20 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from cmi.bundle import MANIFEST_NAME, Bundle, BundleError, TorchPart, load_bundle
+from cmi.bundle import (
+    MANIFEST_NAME,
+    Bundle,
+    BundleError,
+    PostprocessSettings,
+    TorchPart,
+    load_bundle,
+)
 from cmi.fallback import ANSWERS, AnswerStats, FallbackLimit, TooManyFallbacksError
 from cmi.inference_settings import DEFAULT_BUNDLE, InferenceSettings, resolve_bundle_root
 from cmi.predictor import Predictor, TorchUnavailableError, as_polars
 from cmi.probe import imu_only_view, probe_demographics, probe_sequence
 from cmi.schema import GESTURES, SENSOR_COLUMNS
+from cmi.subjects import SubjectPostprocessor
 from cmi.weights import BlendWeights, normalize_weights
 
 log = logging.getLogger(__name__)
@@ -80,6 +93,26 @@ def _override_weights(weights: BlendWeights, settings: InferenceSettings) -> Ble
     return BlendWeights(pair, None, "env")
 
 
+def _build_postprocess(
+    main: Bundle, settings: InferenceSettings, strict: bool
+) -> tuple[SubjectPostprocessor | None, str | None]:
+    """The bundle's post-processing, or SUBJECT_POSTPROCESS's method in its place; and why
+    there is none (it failed to set up: raised when ``strict``)."""
+    configured = main.postprocess
+    source = "bundle"
+    if settings.postprocess_method is not None:
+        configured = PostprocessSettings(
+            settings.postprocess_method, configured.mode, configured.combine
+        )
+        source = "SUBJECT_POSTPROCESS"
+    try:
+        return SubjectPostprocessor(configured, main.orientation, source), None
+    except Exception as err:
+        if strict:
+            raise
+        return None, f"post-processing {configured.method} failed to set up: {err!r}"
+
+
 def build_predictor(settings: InferenceSettings, *, strict: bool = False) -> Predictor:
     """Load and verify the bundle(s) named by ``settings``.
 
@@ -92,7 +125,7 @@ def build_predictor(settings: InferenceSettings, *, strict: bool = False) -> Pre
     fail_on_torch = strict or settings.fail_if_torch_missing
     main = load_bundle(
         resolve_bundle_root(settings.model_path, "lgbm"),
-        parts=("lgbm",),
+        parts=("lgbm", "orientation"),
         expected_digest=settings.expected_digest,
     )
     try:
@@ -104,24 +137,33 @@ def build_predictor(settings: InferenceSettings, *, strict: bool = False) -> Pre
     if torch_part is None and settings.fail_if_torch_missing:
         raise TorchUnavailableError(f"FAIL_IF_TORCH_MISSING=1 and {problem}")
     weights = _override_weights(weights, settings)
+    postprocess, postprocess_problem = _build_postprocess(main, settings, strict)
     try:
-        predictor = Predictor(main, torch_part, weights, settings, problem)
+        predictor = Predictor(main, torch_part, weights, settings, problem, postprocess)
     except Exception as err:
         if fail_on_torch or torch_part is None:
             raise
-        predictor = Predictor(main, None, weights, settings, f"Torch models failed to build: {err}")
-    _self_check(predictor, fail_on_torch)
+        predictor = Predictor(
+            main, None, weights, settings, f"Torch models failed to build: {err}", postprocess
+        )
+    _self_check(predictor, fail_on_torch, strict)
     if predictor.torch_problem:
         log.warning("using LightGBM alone: %s", predictor.torch_problem)
+    if postprocess_problem:
+        predictor.postprocess_problem = postprocess_problem
+        log.warning("answering the plain argmax: %s", postprocess_problem)
+    elif predictor.postprocess is not None and predictor.postprocess.problem:
+        log.warning("%s", predictor.postprocess.problem)
     log.info("loaded %s in %.2fs", predictor.describe(), time.perf_counter() - started)
     return predictor
 
 
-def _self_check(predictor: Predictor, fail_on_torch: bool) -> None:
+def _self_check(predictor: Predictor, fail_on_torch: bool, strict: bool = False) -> None:
     """Run every model once on a probe: a bundle whose feature names this cmi no longer
-    computes fails at load time instead of on every call (and the first call is warm)."""
+    computes fails at load time instead of on every call (and the first call is warm).
+    Post-processing runs on a scratch memory: the probe is no subject's sequence."""
     features = predictor.features(probe_sequence(), probe_demographics())
-    predictor.lgbm_proba(features)
+    proba = predictor.lgbm_proba(features)
     if predictor.uses_torch:
         try:
             predictor.torch_proba(features)
@@ -129,6 +171,15 @@ def _self_check(predictor: Predictor, fail_on_torch: bool) -> None:
             if fail_on_torch:
                 raise
             predictor.disable_torch(f"Torch part fails on a probe sequence: {err}")
+    if predictor.postprocess is not None:
+        try:
+            predictor.postprocess.check(features, proba)
+        except Exception as err:
+            if strict:
+                raise
+            predictor.postprocess.disable_orientation(
+                f"the orientation models fail on a probe sequence: {err!r}"
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,8 +237,17 @@ def get_predictor() -> Predictor:
     return cache.predictor
 
 
+def reset_subject_memory() -> None:
+    """Forget every subject's earlier sequences (keeps the loaded bundle)."""
+    with _lock:
+        cache = _cache
+    if cache is not None and cache.predictor is not None and cache.predictor.postprocess:
+        cache.predictor.postprocess.reset()
+
+
 def reset_cache() -> None:
-    """Forget the loaded bundle (tests, or after changing the environment)."""
+    """Forget the loaded bundle and with it every subject's earlier sequences (tests, or
+    after changing the environment)."""
     global _cache
     with _lock:
         _cache = None
@@ -212,16 +272,34 @@ def predict_ensemble(sequence: pl.DataFrame, demographics: pl.DataFrame) -> np.n
 
 
 def predict_gesture(predictor: Predictor, sequence: Any, demographics: Any) -> str:
-    """The gesture of one sequence by the full ensemble; raises on any failure (``predict``
-    and ``warm_up`` both answer through this)."""
+    """The plain gesture of one sequence by the full ensemble (its argmax, no subject-level
+    post-processing, nothing remembered); raises on any failure (``warm_up`` uses it)."""
     proba = predictor.ensemble_proba(predictor.features(sequence, demographics))
     return GESTURES[int(np.argmax(proba))]
+
+
+def _subject_answer(predictor: Predictor, features: Any, proba: np.ndarray) -> int:
+    """The class index to answer: post-processed from the subject's sequences so far; the
+    plain argmax when there is no post-processing or it fails (logged and counted)."""
+    if predictor.postprocess is None:
+        ANSWERS.answered()
+        return int(np.argmax(proba))
+    try:
+        answer = predictor.postprocess.answer(features, proba)
+    except Exception as err:
+        log.warning("post-processing failed on this sequence (%r); answering the argmax", err)
+        ANSWERS.postprocess_failed(err)
+        return int(np.argmax(proba))
+    ANSWERS.answered(answer.postprocessed, answer.gesture != answer.argmax)
+    return answer.gesture
 
 
 def predict(sequence: pl.DataFrame, demographics: pl.DataFrame) -> str:
     """The gesture of one sequence; one of the 18 exact strings, whatever happens.
 
-    A failure answers ``FALLBACK_GESTURE`` and is counted (``answer_stats()``).
+    Stateful: the answer depends on the subject's earlier sequences (subject-level
+    post-processing). A failure of the models answers ``FALLBACK_GESTURE``; a failure of the
+    post-processing the blend's argmax; both are counted (``answer_stats()``).
     """
     try:
         predictor = get_predictor()
@@ -229,13 +307,13 @@ def predict(sequence: pl.DataFrame, demographics: pl.DataFrame) -> str:
         ANSWERS.fell_back(err)
         return FALLBACK_GESTURE
     try:
-        gesture = predict_gesture(predictor, sequence, demographics)
+        features = predictor.features(sequence, demographics)
+        proba = predictor.ensemble_proba(features)
     except Exception as err:
         log.exception("predict failed on this sequence; answering %r", FALLBACK_GESTURE)
         ANSWERS.fell_back(err)
         return FALLBACK_GESTURE
-    ANSWERS.answered()
-    return gesture
+    return GESTURES[_subject_answer(predictor, features, proba)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,6 +357,23 @@ class WarmUpReport:
     answers: dict[str, str]  # view ("full", "imu_only") -> gesture
     uses_torch: bool
     seconds: float
+    postprocess: str = "none"  # the post-processing method predict applies
+
+
+def _check_postprocess_is_on(predictor: Predictor) -> None:
+    """WarmUpError when the post-processing asked for (bundle or SUBJECT_POSTPROCESS) is off,
+    or runs without the bundle's orientation models."""
+    wanted = predictor.settings.postprocess_method or predictor.bundle.postprocess.method
+    postprocess = predictor.postprocess
+    if wanted != "none" and postprocess is None:
+        raise WarmUpError(f"post-processing {wanted} is off: {predictor.postprocess_problem}")
+    if (
+        postprocess is not None
+        and postprocess.method == "assignment"
+        and predictor.bundle.orientation is not None
+        and postprocess.orientation is None
+    ):
+        raise WarmUpError(f"the bundle's orientation models are off: {postprocess.problem}")
 
 
 def warm_up(
@@ -306,6 +401,7 @@ def warm_up(
     )
     if wants_torch and not predictor.uses_torch:
         raise WarmUpError(f"the bundle's Torch part is off: {predictor.torch_problem}")
+    _check_postprocess_is_on(predictor)
     answers = {}
     for view, frame in (("full", sequence), ("imu_only", imu_only_view(sequence))):
         try:
@@ -314,9 +410,12 @@ def warm_up(
             if predictor.uses_torch:
                 predictor.torch_proba(features)  # raises, where ensemble_proba would fall back
             answers[view] = predict_gesture(predictor, frame, demographics)
+            if predictor.postprocess is not None:  # on a scratch memory: nothing remembered
+                predictor.postprocess.check(features, predictor.ensemble_proba(features))
         except Exception as err:
             raise WarmUpError(f"warm-up failed on the {view} view: {err!r}") from err
-    return WarmUpReport(answers, predictor.uses_torch, time.perf_counter() - started)
+    method = predictor.postprocess.method if predictor.postprocess is not None else "none"
+    return WarmUpReport(answers, predictor.uses_torch, time.perf_counter() - started, method)
 
 
 __all__ = [
@@ -345,6 +444,7 @@ __all__ = [
     "predict_torch_proba",
     "reset_answer_stats",
     "reset_cache",
+    "reset_subject_memory",
     "resolve_bundle_root",
     "warm_up",
 ]

@@ -10,7 +10,9 @@
 - ``FAIL_IF_TORCH_MISSING``: ``1`` makes a missing or failing Torch part an error; by
   default inference falls back to LightGBM alone and logs why;
 - ``BUNDLE_DIGEST``: refuse any bundle (at MODEL_PATH) whose sealed digest is not this one
-  (the Kaggle notebook pins the digest `cmi package` wrote into it).
+  (the Kaggle notebook pins the digest `cmi package` wrote into it);
+- ``SUBJECT_POSTPROCESS``: ``assignment``, ``gesture_counts`` or ``none``: the subject-level
+  post-processing to apply instead of the one the bundle was built for.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cmi.bundle import MANIFEST_NAME
+from cmi.params import POSTPROCESS_METHODS
 
 DEFAULT_BUNDLE = Path("models/bundle")
 _TRUE = {"1", "true", "yes", "on"}
@@ -53,6 +56,16 @@ def _env_float(environ: Mapping[str, str], name: str) -> float | None:
     return value
 
 
+def _env_choice(environ: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str | None:
+    raw = environ.get(name)
+    if raw is None or not raw.strip():
+        return None
+    value = raw.strip().lower()
+    if value not in choices:
+        raise ValueError(f"environment variable {name}={raw!r}: expected one of {choices}")
+    return value
+
+
 def resolve_bundle_root(path: Path, part: str) -> Path:
     """A bundle root from a path to the bundle, its manifest, its ``part`` subfolder, or the
     folder `cmi package` wrote (which holds ``bundle/``)."""
@@ -76,6 +89,7 @@ class InferenceSettings:
     torch_folds_in_memory: bool = True
     fail_if_torch_missing: bool = False
     expected_digest: str | None = None  # "sha256:<hex>" of the bundle at model_path
+    postprocess_method: str | None = None  # None: the bundle's postprocess.method
 
     @classmethod
     def from_env(
@@ -94,4 +108,5 @@ class InferenceSettings:
             torch_folds_in_memory=_env_flag(env, "LOAD_TORCH_FOLDS_IN_MEMORY", True),
             fail_if_torch_missing=_env_flag(env, "FAIL_IF_TORCH_MISSING", False),
             expected_digest=(env.get("BUNDLE_DIGEST") or "").strip() or None,
+            postprocess_method=_env_choice(env, "SUBJECT_POSTPROCESS", POSTPROCESS_METHODS),
         )

@@ -10,8 +10,8 @@ per CV fold, on the same folds as the gesture models and with the same honest ru
 model trains on the folds other than k and ``(k + 1) % K``, early-stops on ``(k + 1) % K``,
 and is scored on fold k, which it never sees.
 
-This module is on the Kaggle path (``predict_orientation_proba``): it imports no training
-tooling (no scikit-learn, no tqdm).
+Inference does not import this module: the bundle ships the fold models and their feature
+names, and ``cmi.subjects`` predicts with them the way ``predict_orientation_proba`` does.
 """
 
 from __future__ import annotations
@@ -27,13 +27,12 @@ import polars as pl
 
 from cmi.features import is_modality_channel
 from cmi.params import OrientationParams, section_dict
+from cmi.protocol import ORIENTATION_COLUMNS
 from cmi.schema import ORIENTATIONS
 
 log = logging.getLogger(__name__)
 
 N_ORIENTATIONS = len(ORIENTATIONS)
-# Probability columns of the orientation OOF table, in schema.ORIENTATIONS order.
-ORIENTATION_COLUMNS: tuple[str, ...] = tuple(f"o{i}" for i in range(N_ORIENTATIONS))
 ORIENTATION_INDEX: dict[str, int] = {o: i for i, o in enumerate(ORIENTATIONS)}
 
 

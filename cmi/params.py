@@ -112,15 +112,41 @@ class OrientationParams:
     seed: int = 42
 
 
+# The choices of each postprocess key (cmi.postprocess re-exports them; here so that the
+# bundle reader and inference settings can check them without importing scipy).
+POSTPROCESS_METHODS: tuple[str, ...] = ("none", "gesture_counts", "assignment")
+POSTPROCESS_MODES: tuple[str, ...] = ("resolve", "pinned")
+POSTPROCESS_COMBINES: tuple[str, ...] = ("max", "product", "bayes")
+
+
+def check_postprocess(method: str, mode: str, combine: str, where: str = "postprocess") -> None:
+    """ValueError naming ``where`` (e.g. params.yaml's section, a manifest, an env var)."""
+    for key, value, allowed in (
+        ("method", method, POSTPROCESS_METHODS),
+        ("mode", mode, POSTPROCESS_MODES),
+        ("combine", combine, POSTPROCESS_COMBINES),
+    ):
+        if value not in allowed:
+            raise ValueError(f"{where}.{key} must be one of {allowed}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class PostprocessParams:
-    """Subject-level post-processing (cmi.postprocess) and its gateway replay."""
+    """Subject-level post-processing (cmi.postprocess) and its gateway replay.
+
+    ``method`` is what the bundle ships (the oof_blend stage replays every method, so it does
+    not read it); ``n_orders`` and ``seed`` only drive the replay."""
 
     method: Literal["assignment", "gesture_counts", "none"] = "assignment"
     mode: Literal["resolve", "pinned"] = "resolve"
     combine: Literal["max", "product", "bayes"] = "max"
     n_orders: int = 5
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_postprocess(self.method, self.mode, self.combine, "params.yaml: postprocess")
+        if self.n_orders < 1:
+            raise ValueError(f"params.yaml: postprocess.n_orders must be >= 1, got {self.n_orders}")
 
 
 @dataclass(frozen=True)

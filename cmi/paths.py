@@ -65,6 +65,11 @@ class ProjectPaths:
         return self._p("models", "torch")
 
     @property
+    def orientation_dir(self) -> Path:
+        """The orientation stage's fold models (fold_k.txt) and meta.json."""
+        return self._p("models", "orientation")
+
+    @property
     def blend_dir(self) -> Path:
         return self._p("models", "blend")
 

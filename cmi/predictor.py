@@ -9,7 +9,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -19,6 +19,9 @@ from cmi.fallback import ANSWERS
 from cmi.inference_settings import InferenceSettings
 from cmi.schema import N_CLASSES
 from cmi.weights import BlendWeights
+
+if TYPE_CHECKING:
+    from cmi.subjects import SubjectPostprocessor
 
 log = logging.getLogger("cmi.inference")
 
@@ -49,6 +52,7 @@ class Predictor:
         weights: BlendWeights,
         settings: InferenceSettings,
         torch_problem: str | None = None,
+        postprocess: SubjectPostprocessor | None = None,
     ) -> None:
         if bundle.lgbm is None:
             raise BundleError(f"{bundle.root}: the bundle has no LightGBM part")
@@ -58,6 +62,9 @@ class Predictor:
         self.settings = settings
         self.torch_part = torch_part
         self.torch_problem = torch_problem  # why Torch is off, for logs and reports
+        # Subject-level post-processing (None: the plain argmax, e.g. it failed to set up).
+        self.postprocess = postprocess
+        self.postprocess_problem: str | None = None  # why post-processing is off, if it is
         self._torch_folds = self._build_torch(torch_part) if torch_part else []
 
     @property
@@ -104,26 +111,7 @@ class Predictor:
 
     def lgbm_fold_probas(self, features: Any) -> np.ndarray:
         """(n_folds, 18): each LightGBM fold model on the sequence's feature row."""
-        frame = features.sequence_features
-        present = set(frame.columns)
-        missing = [c for c in self.lgbm.feature_names if c not in present]
-        if missing:
-            raise BundleError(
-                f"{self.bundle.root}: features {missing[:5]} of the bundle are not computed by "
-                "this cmi version; rebuild the bundle"
-            )
-        if frame.height != 1:
-            raise ValueError(f"expected one feature row, got {frame.height}")
-        # One row of ~1,500 columns: reading it as a tuple is ~100x faster than to_numpy().
-        row = frame.row(0)
-        if frame.columns[1:] == self.lgbm.feature_names:  # the usual case
-            values = row[1:]
-        else:
-            position = {name: i for i, name in enumerate(frame.columns)}
-            values = tuple(row[position[name]] for name in self.lgbm.feature_names)
-        # None (null) -> NaN, LightGBM's "missing"; float32 as in training.
-        x = np.array(values, dtype=np.float64).astype(np.float32)[None, :]
-        x[~np.isfinite(x)] = np.nan
+        x = feature_row(features.sequence_features, self.lgbm.feature_names, self.bundle.root)
         rows = []
         for booster in self.lgbm.boosters:
             # As cmi.lgbm.predict_proba (which made the OOF), but on one thread: for one row,
@@ -183,9 +171,12 @@ class Predictor:
             if self._torch_folds
             else f"no Torch ({self.torch_problem})"
         )
+        postprocess = (
+            self.postprocess.describe() if self.postprocess is not None else "no post-processing"
+        )
         return (
             f"bundle {self.bundle.root}: {len(self.lgbm.boosters)} LightGBM folds, {torch}, "
-            f"weights {self.weights.to_json()}"
+            f"weights {self.weights.to_json()}, {postprocess}"
         )
 
 
@@ -205,6 +196,30 @@ def _single_torch_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def feature_row(frame: pl.DataFrame, names: list[str], bundle_root: Any = "bundle") -> np.ndarray:
+    """(1, len(names)) float32 from a one-row sequence-feature frame, columns in ``names``
+    order, null and non-finite values as NaN (LightGBM's "missing"), as in training."""
+    present = set(frame.columns)
+    missing = [c for c in names if c not in present]
+    if missing:
+        raise BundleError(
+            f"{bundle_root}: features {missing[:5]} of the bundle are not computed by this cmi "
+            "version; rebuild the bundle"
+        )
+    if frame.height != 1:
+        raise ValueError(f"expected one feature row, got {frame.height}")
+    # One row of ~1,500 columns: reading it as a tuple is ~100x faster than to_numpy().
+    row = frame.row(0)
+    if frame.columns[1:] == names:  # the gesture models' usual case
+        values = row[1:]
+    else:
+        position = {name: i for i, name in enumerate(frame.columns)}
+        values = tuple(row[position[name]] for name in names)
+    x = np.array(values, dtype=np.float64).astype(np.float32)[None, :]
+    x[~np.isfinite(x)] = np.nan
+    return x
 
 
 def _check_proba(proba: np.ndarray, what: str) -> np.ndarray:

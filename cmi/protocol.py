@@ -28,6 +28,8 @@ from __future__ import annotations
 from cmi.schema import BEHAVIORS, GESTURES, ORIENTATIONS, TARGET_GESTURES
 
 SEATED_STRAIGHT, SEATED_LEAN, LIE_ON_BACK, LIE_ON_SIDE = ORIENTATIONS
+# Columns of an orientation estimate (the orientation stage's OOF table), in ORIENTATIONS order.
+ORIENTATION_COLUMNS: tuple[str, ...] = tuple(f"o{i}" for i in range(len(ORIENTATIONS)))
 
 # The two behaviours a sequence can start with; each pair is recorded once with each.
 INITIAL_BEHAVIORS: tuple[str, ...] = BEHAVIORS[:2]

@@ -138,7 +138,15 @@ def _since(before: AnswerStats, now: AnswerStats) -> AnswerStats:
         calls=now.calls - before.calls,
         fallbacks=now.fallbacks - before.fallbacks,
         torch_failures=now.torch_failures - before.torch_failures,
-        last_error=now.last_error if now.fallbacks > before.fallbacks else None,
+        postprocessed=now.postprocessed - before.postprocessed,
+        postprocess_changed=now.postprocess_changed - before.postprocess_changed,
+        postprocess_failures=now.postprocess_failures - before.postprocess_failures,
+        last_error=(
+            now.last_error
+            if now.fallbacks > before.fallbacks
+            or now.postprocess_failures > before.postprocess_failures
+            else None
+        ),
     )
 
 
@@ -234,6 +242,7 @@ def pin_digest(notebook: str, digest: str) -> str:
 def _readme(bundle_manifest: dict, wheel: Path, digest: str) -> str:
     versions = bundle_manifest.get("versions", {})
     has_torch = bool(bundle_manifest.get("torch"))
+    postprocess = (bundle_manifest.get("postprocess") or {}).get("method", "none")
     return f"""# CMI submission dataset
 
 Upload this folder as a Kaggle dataset, attach it (and the competition data) to a notebook
@@ -254,8 +263,11 @@ with internet off, and run `{NOTEBOOK_SCRIPT}` in it (paste it into a cell, or
   `kaggle_evaluation.cmi_inference_server`, aborting if more than a few answers are
   fallbacks.
 
+Subject-level post-processing: `{postprocess}` (the bundle's `postprocess.method`;
+`SUBJECT_POSTPROCESS` overrides it).
+
 Settings (environment variables, optional): MODEL_PATH, TORCH_BUNDLE_PATH, ENSEMBLE_W_LGBM,
-ENSEMBLE_W_TORCH, LOAD_TORCH_FOLDS_IN_MEMORY, FAIL_IF_TORCH_MISSING (see
+ENSEMBLE_W_TORCH, LOAD_TORCH_FOLDS_IN_MEMORY, FAIL_IF_TORCH_MISSING, SUBJECT_POSTPROCESS (see
 cmi/inference_settings.py).
 """
 

@@ -14,8 +14,9 @@ What it does, in order:
    digest is not PINNED_BUNDLE_DIGEST (written here by `cmi package`); so a broken or wrong
    bundle fails seconds after start, well inside the 15-minute startup limit;
 4. warms up: the full ensemble runs strictly (raising, unlike `predict`) on the first public
-   test sequence as recorded and in its IMU-only view, so a bug that real input triggers
-   fails here instead of turning every answer into the fallback gesture;
+   test sequence as recorded and in its IMU-only view, and so does the subject-level
+   post-processing (on a scratch memory), so a bug that real input triggers fails here
+   instead of turning every answer into the fallback gesture;
 5. imports `kaggle_evaluation.cmi_inference_server` from the competition folder, builds
    `CMIInferenceServer(predict)` and calls `serve()` when KAGGLE_IS_COMPETITION_RERUN is set,
    else `run_local_gateway` on the competition's public test files (which writes
@@ -129,9 +130,10 @@ def warm_up(inference, competition: Path | None) -> None:
         log.warning("no public test.csv: warming up on a synthetic sequence")
     report = inference.warm_up(sequence, demographics)
     log.info(
-        "warm-up: %s (Torch %s) in %.2fs",
+        "warm-up: %s (Torch %s, post-processing %s) in %.2fs",
         report.answers,
         "on" if report.uses_torch else "off",
+        report.postprocess,
         report.seconds,
     )
 

@@ -1,4 +1,6 @@
-"""DVC stage `bundle`: everything inference needs in one sealed directory (models/bundle).
+"""DVC stage `bundle`: everything inference needs in one sealed directory (models/bundle):
+the gesture models, the blend weights, the orientation models and the post-processing
+settings (``postprocess.method``, ``mode``, ``combine``).
 
 Prints the bundle's digest (``bundle digest: sha256:...``): `cmi package` pins it in the
 Kaggle notebook, which refuses any other bundle.
@@ -9,6 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from cmi.bundle import PostprocessSettings
 from cmi.bundle.builder import build_bundle
 from cmi.params import load_params
 from cmi.paths import ProjectPaths
@@ -19,6 +22,7 @@ log = logging.getLogger("cmi.stages.bundle")
 def main(root: Path = Path(".")) -> None:
     paths = ProjectPaths(root)
     params = load_params(paths.params)
+    pp = params.postprocess
     torch_dir = paths.torch_dir if (paths.torch_dir / "meta.json").exists() else None
     if torch_dir is None:
         log.warning("%s has no meta.json: building a LightGBM-only bundle", paths.torch_dir)
@@ -28,13 +32,19 @@ def main(root: Path = Path(".")) -> None:
         torch_dir=torch_dir,
         blend_weights=paths.blend_dir / "weights.json",
         extract=params.extract,
+        orientation_dir=paths.orientation_dir,
+        postprocess=PostprocessSettings(pp.method, pp.mode, pp.combine),
     )
     size = sum(f["size"] for f in manifest["files"].values())
     log.info(
-        "%s: %d LightGBM folds, %d Torch folds, %d files, %.1f MB",
+        "%s: %d LightGBM folds, %d Torch folds, %d orientation folds, post-processing %s "
+        "(%s), %d files, %.1f MB",
         paths.bundle_dir,
         manifest["lgbm"]["n_folds"],
         manifest["torch"]["n_folds"] if manifest["torch"] else 0,
+        manifest["orientation"]["n_folds"] if manifest["orientation"] else 0,
+        pp.method,
+        pp.mode,
         len(manifest["files"]),
         size / 1e6,
     )

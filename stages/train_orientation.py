@@ -26,10 +26,6 @@ from cmi.paths import ProjectPaths
 log = logging.getLogger("cmi.stages.orientation")
 
 
-def models_dir(paths: ProjectPaths) -> Path:
-    return Path(paths.root, "models", "orientation")
-
-
 def _read_inputs(paths: ProjectPaths) -> list[pl.DataFrame]:
     frames = []
     for path in (paths.sequences, paths.sequence_features, paths.folds):
@@ -69,7 +65,9 @@ def main(root: Path = Path(".")) -> None:
     results = orientation.run_orientation_cv(data, params.orientation)
     oof = orientation.orientation_oof_frame(data, results)
     _write_models(
-        models_dir(paths), results, orientation.orientation_meta(data, results, params.orientation)
+        paths.orientation_dir,
+        results,
+        orientation.orientation_meta(data, results, params.orientation),
     )
     write_parquet(oof, paths.oof("orientation"))
     metrics = orientation.orientation_metrics(data, oof)

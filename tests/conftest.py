@@ -61,6 +61,7 @@ def tiny_trained_project(
     from pipeline_helpers import copy_project
 
     root = copy_project(tiny_features_project, tmp_path_factory.mktemp("tiny_trained") / "p")
-    for script in ("train_lgbm.py", "train_torch.py", "oof_blend.py", "bundle.py"):
+    stages = ("train_orientation.py", "train_lgbm.py", "train_torch.py", "oof_blend.py")
+    for script in (*stages, "bundle.py"):
         run_stage(script, root)
     return root

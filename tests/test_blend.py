@@ -26,6 +26,7 @@ from cmi.blend import (
 )
 from cmi.evaluation import OOF_COLUMNS, check_oof, view_scores
 from cmi.params import EnsembleParams
+from cmi.postprocess import excess_answers
 from cmi.schema import GESTURES, N_CLASSES, PROBA_COLUMNS
 
 VIEW_KEYS = {"full", "imu_only", "test_like"}
@@ -311,10 +312,29 @@ def oof_blend_stage() -> ModuleType:
     return module
 
 
+def _replay_inputs(oof: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """sequences.parquet (each sequence's subject: one per fold, as the grouped split makes
+    them) and an orientation OOF table (random estimates) for the oof_blend stage's replay."""
+    ids = oof["sequence_id"].unique().sort()
+    folds = oof.group_by("sequence_id").agg(pl.col("fold").first()).sort("sequence_id")["fold"]
+    sequences = pl.DataFrame(
+        {"sequence_id": ids, "subject": [f"SUBJ_{k}" for k in folds.to_list()]}
+    )
+    q = np.random.default_rng(0).dirichlet(np.ones(4), size=len(ids))
+    orientation = pl.DataFrame(
+        {"sequence_id": ids, "fold": folds, **{f"o{i}": q[:, i] for i in range(4)}}
+    )
+    return sequences, orientation
+
+
 def _blend_project(root: Path, pair, ensemble: dict, share: float = 0.5) -> Path:
     (root / "data" / "oof").mkdir(parents=True)
+    (root / "data" / "features").mkdir(parents=True)
     pair[0].write_parquet(root / "data" / "oof" / "lgbm.parquet")
     pair[1].write_parquet(root / "data" / "oof" / "torch.parquet")
+    sequences, orientation = _replay_inputs(pair[0])
+    sequences.write_parquet(root / "data" / "features" / "sequences.parquet")
+    orientation.write_parquet(root / "data" / "oof" / "orientation.parquet")
     params = {"ensemble": ensemble, "eval": {"imu_only_share": share}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root
@@ -352,6 +372,22 @@ def test_stage_writes_every_output(tmp_path: Path, complementary_pair) -> None:
     per_class = pl.read_csv(root / "plots" / "per_class_f1.csv")
     assert per_class.height == N_CLASSES
 
+    # The gateway replay on the nested blend: every method on the same presentations.
+    replay = metrics["postprocess"]
+    assert (replay["mode"], replay["combine"], replay["n_orders"]) == ("resolve", "max", 5)
+    assert replay["n_sequences"] == 72 and replay["imu_only_share"] == 0.5
+    for method in ("none", "gesture_counts", "assignment"):
+        assert len(replay[method]["test_like_per_order"]) == 5
+        assert 0 <= replay[method]["test_like"] <= 1
+        assert ("gain" in replay[method]) == (method != "none")
+    # The blend is right on every row, so the plain answers exceed the protocol's counts
+    # exactly where this fixture's labels do (its labels ignore the protocol).
+    assert replay["none"]["test_like"] == replay["none"]["full"] == pytest.approx(1.0)
+    sequences, _ = _replay_inputs(complementary_pair[0])
+    truth = blend.unique("sequence_id").join(sequences, on="sequence_id")
+    expected = excess_answers(truth["subject"].to_numpy(), truth["y_true"].to_numpy())
+    assert replay["none"]["excess_answers"] == expected > 0
+
 
 def test_stage_without_optimization_reports_the_fixed_blend(
     tmp_path: Path, complementary_pair
@@ -368,6 +404,38 @@ def test_stage_without_optimization_reports_the_fixed_blend(
         "by_sensor_group": None,
         "optimize": "none",
     }
+
+
+def test_stage_replays_post_processing_and_needs_its_inputs(
+    tmp_path: Path, complementary_pair
+) -> None:
+    """Post-processing changes answers where a subject's capacities bind: 20 sequences of one
+    subject all guessed 'Glasses on/off' (done twice per subject) by both models."""
+    keys = _oof_rows(20, native_imu_every=1000, n_folds=1)
+    glasses = GESTURES.index("Glasses on/off")
+    y = keys["y_true"].to_numpy()
+    guess = np.full((len(y), N_CLASSES), 0.02)
+    guess[:, glasses] = 0.4
+    guess[np.arange(len(y)), y] += 0.2  # the truth is always the runner-up
+    guess /= guess.sum(axis=1, keepdims=True)
+    oof = keys.hstack([pl.Series(c, guess[:, k]) for k, c in enumerate(PROBA_COLUMNS)])
+    root = _blend_project(tmp_path, (oof, oof), {"w_lgbm": 0.5, "w_torch": 0.5})
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["postprocess"] = {"n_orders": 3, "seed": 1}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    oof_blend_stage().main(root)
+    replay = json.loads((root / "metrics" / "blend.json").read_text())["postprocess"]
+    assert replay["n_orders"] == 3 and len(replay["none"]["test_like_per_order"]) == 3
+    assert replay["none"]["excess_answers"] == 18  # 20 answers of a gesture done twice
+    for method in ("gesture_counts", "assignment"):
+        # resolve mode may still send a few: an answer sent is kept when a later sequence
+        # takes its slot (pinned never exceeds; tests/test_postprocess.py).
+        assert replay[method]["excess_answers"] <= 4
+        assert replay[method]["gain"] > 0.3, replay[method]
+
+    (root / "data" / "oof" / "orientation.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match=r"orientation\.parquet: not found; run the orient"):
+        oof_blend_stage().main(root)
 
 
 def test_stage_rejects_bad_weights_naming_the_key(tmp_path: Path, complementary_pair) -> None:
@@ -401,4 +469,8 @@ def test_pipeline_blend_outputs(tiny_trained_project: Path) -> None:
     weights = json.loads((root / "models" / "blend" / "weights.json").read_text())
     bundle = json.loads((root / "models" / "bundle" / "manifest.json").read_text())
     assert bundle["blend"] == weights == metrics["weights"]
+    replay = metrics["postprocess"]
+    assert replay["n_sequences"] == blend["sequence_id"].n_unique()
+    for method in ("none", "gesture_counts", "assignment"):
+        assert 0 <= replay[method]["test_like"] <= 1
     assert pl.read_csv(root / "plots" / "confusion.csv").height == blend.height

@@ -21,6 +21,7 @@ from cmi.bundle import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     BundleError,
+    PostprocessSettings,
     load_bundle,
     manifest_digest,
 )
@@ -30,9 +31,10 @@ from cmi.features import frame_channels, sequence_feature_names
 from cmi.io import read_json, sha256_file, write_json
 from cmi.lgbm import lightgbm_feature_names
 from cmi.nn.model import TimeSeriesNet, architecture_kwargs
-from cmi.params import ExtractParams
+from cmi.orientation import orientation_feature_names
+from cmi.params import ExtractParams, section_dict
 from cmi.paths import ProjectPaths
-from cmi.schema import GESTURES, N_CLASSES
+from cmi.schema import GESTURES, N_CLASSES, ORIENTATIONS
 
 FAKE_PAD_LEN = 24
 
@@ -43,8 +45,9 @@ def write_fake_models(
     n_folds: int = 2,
     with_torch: bool = True,
     blend: dict | None = None,
+    with_orientation: bool = True,
 ) -> ProjectPaths:
-    """models/{lgbm,torch,blend} in the contract's formats, from fake models."""
+    """models/{lgbm,torch,blend,orientation} in the contract's formats, from fake models."""
     extract = extract or ExtractParams()
     paths = ProjectPaths(root)
     names = sequence_feature_names(extract)
@@ -108,15 +111,61 @@ def write_fake_models(
         "optimize": "none",
     }
     write_json(blend, paths.blend_dir / "weights.json")
+    if with_orientation:
+        write_fake_orientation(paths, names, n_folds)
     return paths
 
 
+def write_fake_orientation(paths: ProjectPaths, feature_names: list[str], n_folds: int) -> None:
+    """models/orientation as the orientation stage writes it: one LightGBM model per fold on
+    the IMU features. The models learn the sign of the first feature (so a probe gets a real,
+    non-uniform estimate)."""
+    names = orientation_feature_names(feature_names)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(40, len(names))).astype(np.float32)
+    y = (x[:, 0] > 0).astype(int) + 2 * (np.arange(len(x)) % 2)
+    paths.orientation_dir.mkdir(parents=True, exist_ok=True)
+    for k in range(n_folds):
+        booster = lgb.train(
+            {
+                "objective": "multiclass",
+                "num_class": len(ORIENTATIONS),
+                "num_leaves": 3,
+                "min_data_in_leaf": 2,
+                "num_threads": 1,
+                "seed": k,
+                "verbosity": -1,
+            },
+            lgb.Dataset(x, label=y),
+            num_boost_round=3,
+        )
+        (paths.orientation_dir / f"fold_{k}.txt").write_text(booster.model_to_string())
+    write_json(
+        {
+            "n_folds": n_folds,
+            "feature_names": names,
+            "classes": list(ORIENTATIONS),
+            "best_iterations": [3] * n_folds,
+        },
+        paths.orientation_dir / "meta.json",
+    )
+
+
 def build_fake_bundle(
-    root: Path, with_torch: bool = True, n_folds: int = 2, blend: dict | None = None
+    root: Path,
+    with_torch: bool = True,
+    n_folds: int = 2,
+    blend: dict | None = None,
+    postprocess: str = "assignment",
+    with_orientation: bool = True,
 ) -> Path:
-    """A bundle from fake models at ``root / 'bundle'``."""
+    """A bundle from fake models at ``root / 'bundle'``, applying ``postprocess``."""
     paths = write_fake_models(
-        root / "models_src", n_folds=n_folds, with_torch=with_torch, blend=blend
+        root / "models_src",
+        n_folds=n_folds,
+        with_torch=with_torch,
+        blend=blend,
+        with_orientation=with_orientation,
     )
     out = root / "bundle"
     build_bundle(
@@ -125,6 +174,8 @@ def build_fake_bundle(
         paths.torch_dir if with_torch else None,
         paths.blend_dir / "weights.json",
         ExtractParams(),
+        orientation_dir=paths.orientation_dir if with_orientation else None,
+        postprocess=PostprocessSettings(postprocess),
     )
     return out
 
@@ -182,7 +233,7 @@ def test_manifest_describes_everything(fake_bundle: Path) -> None:
     manifest = read_json(fake_bundle / MANIFEST_NAME)
     assert manifest["format_version"] == FORMAT_VERSION
     assert manifest["classes"] == list(GESTURES)
-    assert manifest["extract"] == {"sampling_rate_hz": 10.0, "n_segments": 3, "tof_regions": True}
+    assert manifest["extract"] == section_dict(ExtractParams())
     assert manifest["lgbm"]["feature_names"] == sequence_feature_names(ExtractParams())
     assert [f["model"] for f in manifest["lgbm"]["folds"]] == ["lgbm/fold_0.txt", "lgbm/fold_1.txt"]
     section = manifest["torch"]
@@ -250,11 +301,70 @@ def test_rebuild_replaces_atomically_and_a_failed_build_keeps_the_old(tmp_path: 
 
 def test_bundle_stage_script(tmp_path: Path) -> None:
     write_fake_models(tmp_path)
-    (tmp_path / "params.yaml").write_text("extract:\n  sampling_rate_hz: 20.0\n")
+    (tmp_path / "params.yaml").write_text(
+        "extract:\n  sampling_rate_hz: 20.0\npostprocess:\n  method: gesture_counts\n"
+        "  mode: pinned\n"
+    )
     run_stage("bundle.py", tmp_path)
     bundle = load_bundle(tmp_path / "models" / "bundle")
     assert bundle.extract.sampling_rate_hz == 20.0
     assert bundle.has_torch
+    assert bundle.postprocess == PostprocessSettings("gesture_counts", "pinned", "max")
+    assert len(bundle.orientation.boosters) == 2  # shipped whatever the method: an env may ask
+
+
+# ------------------------------------------------------------------ orientation, post-processing
+
+
+def test_orientation_models_and_postprocess_settings_are_sealed_in(fake_bundle: Path) -> None:
+    manifest = read_json(fake_bundle / MANIFEST_NAME)
+    assert manifest["postprocess"] == {"method": "assignment", "mode": "resolve", "combine": "max"}
+    section = manifest["orientation"]
+    assert section["classes"] == list(ORIENTATIONS)
+    assert section["feature_names"] == orientation_feature_names(
+        sequence_feature_names(ExtractParams())
+    )
+    assert [f["model"] for f in section["folds"]] == [
+        "orientation/fold_0.txt",
+        "orientation/fold_1.txt",
+    ]
+    for rel in ("orientation/fold_0.txt", "orientation/fold_1.txt"):
+        assert manifest["files"][rel]["sha256"] == sha256_file(fake_bundle / rel)
+    bundle = load_bundle(fake_bundle)
+    assert bundle.postprocess.method == "assignment"
+    assert [b.num_feature() for b in bundle.orientation.boosters] == [
+        len(section["feature_names"])
+    ] * 2
+    # Only the parts asked for are loaded.
+    assert load_bundle(fake_bundle, parts=("lgbm",)).orientation is None
+
+
+def test_a_tampered_orientation_model_or_setting_is_refused(bundle_copy: Path) -> None:
+    model = bundle_copy / "orientation" / "fold_0.txt"
+    model.write_text(model.read_text().replace("num_leaves=3", "num_leaves=4", 1))
+    with pytest.raises(BundleError, match=r"orientation/fold_0\.txt: checksum mismatch"):
+        load_bundle(bundle_copy)
+    _rewrite_manifest(bundle_copy, lambda m: m["postprocess"].update(method="none"), reseal=False)
+    with pytest.raises(BundleError, match=r"the manifest was changed.*postprocess\.method"):
+        load_bundle(bundle_copy, parts=("lgbm",))
+
+
+def test_bad_postprocess_settings_are_refused(bundle_copy: Path, tmp_path: Path) -> None:
+    _rewrite_manifest(bundle_copy, lambda m: m["postprocess"].update(method="hungarian"))
+    with pytest.raises(BundleError, match=r"bad 'postprocess' section.*method must be one of"):
+        load_bundle(bundle_copy, parts=("lgbm",))
+    # A bundle built before post-processing existed answers the plain argmax.
+    _rewrite_manifest(bundle_copy, lambda m: [m.pop("postprocess"), m.pop("orientation")])
+    bundle = load_bundle(bundle_copy)
+    assert bundle.postprocess == PostprocessSettings("none") and bundle.orientation is None
+
+
+def test_assignment_without_orientation_models_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="'assignment' needs the orientation models"):
+        build_fake_bundle(tmp_path, with_orientation=False)
+    bundle = load_bundle(build_fake_bundle(tmp_path, with_orientation=False, postprocess="none"))
+    assert bundle.orientation is None and bundle.postprocess.method == "none"
+    assert not (tmp_path / "bundle" / "orientation").exists()
 
 
 # ------------------------------------------------------------------------------- refusing

@@ -33,6 +33,7 @@ ENV_VARS = (
     "LOAD_TORCH_FOLDS_IN_MEMORY",
     "FAIL_IF_TORCH_MISSING",
     "BUNDLE_DIGEST",
+    "SUBJECT_POSTPROCESS",
 )
 Case = tuple[pl.DataFrame, pl.DataFrame]
 
@@ -606,6 +607,8 @@ def test_a_prediction_needs_neither_sklearn_tqdm_dvc_nor_the_builder(bundles) ->
         print(json.dumps({
             "answer": answer, "warm": warm.answers, "torch": warm.uses_torch,
             "fallbacks": stats.fallbacks, "torch_failures": stats.torch_failures,
+            "postprocess": warm.postprocess, "postprocessed": stats.postprocessed,
+            "postprocess_failures": stats.postprocess_failures,
             "modules": sorted(m for m, v in sys.modules.items() if v is not None),
         }))
         """,
@@ -613,9 +616,13 @@ def test_a_prediction_needs_neither_sklearn_tqdm_dvc_nor_the_builder(bundles) ->
     )
     assert report["answer"] in GESTURES and report["torch"]
     assert report["fallbacks"] == 0 and report["torch_failures"] == 0
+    # Subject-level post-processing ran too (scipy is fine on the Kaggle path).
+    assert report["postprocess"] == "assignment" and report["postprocessed"] == 1
+    assert report["postprocess_failures"] == 0
     modules = report["modules"]
     assert not [m for m in modules if m.startswith(NOT_ON_KAGGLE_PATH)]
     assert not [m for m in modules if m.split(".")[0] in ("sklearn", "tqdm", "dvc")]
     assert {"cmi.bundle.reader", "cmi.features", "cmi.nn.model", "lightgbm", "torch"} <= set(
         modules
     )
+    assert {"cmi.subjects", "cmi.postprocess.memory", "scipy.optimize"} <= set(modules)

@@ -257,10 +257,12 @@ def test_cmi_predict_aborts_when_answers_fall_back(
 ) -> None:
     """A bug that real input triggers: every answer would be the fallback. Abort, write nothing."""
 
-    def broken(predictor, sequence, demographics):
+    from cmi.predictor import Predictor
+
+    def broken(predictor, features):
         raise RuntimeError("a bug only real input triggers")
 
-    monkeypatch.setattr(inference, "predict_gesture", broken)
+    monkeypatch.setattr(Predictor, "ensemble_proba", broken)
     out = tmp_path / "submission.parquet"
     args = ["predict", "--test", str(public_test / "test.csv"), "--demographics"]
     args += [str(public_test / "test_demographics.csv"), "--out", str(out)]
@@ -316,7 +318,8 @@ def test_notebook_serves_predict_through_kaggle_evaluation(
     assert init["event"] == "init" and init["predict"] == "cmi.inference.predict"
     assert init["guarded"]  # predict wrapped by guard_fallbacks
     log = (work / "notebook.log").read_text()
-    assert "warm-up: {'full': " in log and "(Torch on)" in log
+    assert "warm-up: {'full': " in log and "(Torch on, post-processing assignment)" in log
+    assert "post-processing chose 20" in log  # stateful predict on the served sequences
     assert load_bundle(dataset / "bundle").digest in log
     # cmi came from the dataset's wheel, not from this checkout.
     assert Path(init["cmi_file"]).is_relative_to(work / "cmi_wheel")

@@ -56,6 +56,45 @@ def test_more_rows_are_one_append_away(tmp_path: Path) -> None:
     assert format_table([extra])[2].split()[-4] == "0.8000"  # test_like, then F1s and rows
 
 
+def _replay(test_like: float, gain: float | None) -> dict:
+    out = {
+        "test_like": test_like,
+        "test_like_binary_f1": test_like + 0.1,
+        "test_like_macro_f1": test_like - 0.1,
+        "full": test_like + 0.05,
+        "imu_only": test_like - 0.05,
+        "excess_answers": 3.0 if gain is None else 0.0,
+        "test_like_per_order": [test_like] * 3,
+    }
+    return out if gain is None else {**out, "gain": gain}
+
+
+def test_post_processing_replay_rows_follow_the_models(tmp_path: Path) -> None:
+    paths = _write_run(tmp_path)
+    blend = json.loads(paths.metrics("blend").read_text())
+    blend["postprocess"] = {
+        "mode": "resolve",
+        "combine": "max",
+        "n_orders": 3,
+        "seed": 0,
+        "imu_only_share": 0.5,
+        "n_sequences": 40,
+        "none": _replay(0.7, None),
+        "gesture_counts": _replay(0.72, 0.02),
+        "assignment": _replay(0.75, 0.05),
+    }
+    write_json(blend, paths.metrics("blend"))
+    names = [name for name, _ in summary_rows(paths)]
+    assert names[4:] == ["replay: none", "replay: gesture_counts", "replay: assignment"]
+    lines = summary_lines(paths)
+    assignment = lines[8].split()
+    assert assignment[:2] == ["replay:", "assignment"]
+    assert assignment[2:] == ["0.8000", "0.7000", "0.7500", "0.8500", "0.6500", "40"]
+    text = "\n".join(lines)
+    assert "per subject, 3 seeded" in text and "assignment +0.0500" in text
+    assert "(none / gesture_counts / assignment): 3 / 0 / 0." in text
+
+
 def test_metrics_without_views_are_skipped(tmp_path: Path) -> None:
     paths = _write_run(tmp_path)
     # A stale one-view file (the layout before views) must not shadow dvclive's summary.
@@ -86,6 +125,8 @@ def test_summary_of_a_trained_project(tiny_trained_project: Path, capsys) -> Non
     lines = summary_lines(ProjectPaths(tiny_trained_project))
     names = [line.split()[0] for line in lines[2:6]]
     assert names[:4] == ["lgbm", "torch", "blend", "blend"], lines
+    replay = [" ".join(line.split()[:2]) for line in lines[6:9]]
+    assert replay == ["replay: none", "replay: gesture_counts", "replay: assignment"], lines
     text = "\n".join(lines)
     assert "blend weights" in text and "bundle" in text
     assert main(tiny_trained_project) == 0

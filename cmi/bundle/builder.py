@@ -7,6 +7,11 @@ Layout written::
                                   sha256 + size of every other file, and the seal
     lgbm/fold_{k}.txt             LightGBM text models
     torch/fold_{k}.safetensors    TimeSeriesNet state_dicts (optional part)
+    orientation/fold_{k}.txt      the orientation classifier's LightGBM text models (optional
+                                  part; post-processing's "assignment" method needs it)
+
+The manifest's ``postprocess`` section (method, mode, combine) says which subject-level
+post-processing inference applies (SUBJECT_POSTPROCESS can override it at load time).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from cmi.bundle.reader import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     BundleError,
+    PostprocessSettings,
     check_classes,
     library_versions,
     load_bundle,
@@ -30,7 +36,7 @@ from cmi.bundle.reader import (
 from cmi.bundle.seal import seal_manifest
 from cmi.io import read_json, sha256_file, write_json
 from cmi.params import ExtractParams, section_dict
-from cmi.schema import GESTURES
+from cmi.schema import GESTURES, ORIENTATIONS
 from cmi.weights import BlendWeights
 
 
@@ -52,6 +58,30 @@ def _copy_lgbm(lgbm_dir: Path, staging: Path) -> dict[str, Any]:
         shutil.copyfile(source, staging / rel)
         folds.append({"fold": k, "model": rel, "best_iteration": best[k]})
     return {"n_folds": n_folds, "feature_names": list(meta["feature_names"]), "folds": folds}
+
+
+def _copy_orientation(orientation_dir: Path, staging: Path) -> dict[str, Any]:
+    meta_path = orientation_dir / "meta.json"
+    meta = read_json(meta_path)
+    if list(meta.get("classes") or []) != list(ORIENTATIONS):
+        raise BundleError(f"{meta_path}: 'classes' is not cmi.schema.ORIENTATIONS in order")
+    n_folds = int(meta["n_folds"])
+    best = list(meta.get("best_iterations") or [None] * n_folds)
+    folds = []
+    (staging / "orientation").mkdir(exist_ok=True)
+    for k in range(n_folds):
+        source = orientation_dir / f"fold_{k}.txt"
+        if not source.exists():
+            raise FileNotFoundError(f"{source}: orientation model of fold {k} not found")
+        rel = f"orientation/fold_{k}.txt"
+        shutil.copyfile(source, staging / rel)
+        folds.append({"fold": k, "model": rel, "best_iteration": best[k]})
+    return {
+        "n_folds": n_folds,
+        "feature_names": list(meta["feature_names"]),
+        "classes": list(ORIENTATIONS),
+        "folds": folds,
+    }
 
 
 def _convert_torch(torch_dir: Path, staging: Path) -> dict[str, Any]:
@@ -111,6 +141,8 @@ def build_manifest(
     torch: dict[str, Any] | None,
     blend: BlendWeights,
     extract: ExtractParams,
+    orientation: dict[str, Any] | None = None,
+    postprocess: PostprocessSettings | None = None,
 ) -> dict[str, Any]:
     """The sealed manifest of the files in ``staging`` (write it last, beside them)."""
     return seal_manifest(
@@ -122,6 +154,8 @@ def build_manifest(
             "lgbm": lgbm,
             "torch": torch,
             "blend": blend.to_json(),
+            "orientation": orientation,
+            "postprocess": (postprocess or PostprocessSettings()).to_json(),
             "versions": library_versions(),
             "files": _file_table(staging),
         }
@@ -157,12 +191,24 @@ def build_bundle(
     torch_dir: Path | None,
     blend_weights: Path | None,
     extract: ExtractParams,
+    orientation_dir: Path | None = None,
+    postprocess: PostprocessSettings | None = None,
 ) -> dict[str, Any]:
     """Write the bundle to ``out_dir`` atomically; returns its sealed manifest
     (``manifest["seal"]["digest"]`` names it).
 
     ``torch_dir=None`` (or one without meta.json) builds a LightGBM-only bundle.
+    ``orientation_dir`` (the orientation stage's models; None or without meta.json: none)
+    ships the orientation models, which ``postprocess.method == "assignment"`` requires.
+    ``postprocess`` defaults to none (the plain argmax).
     """
+    postprocess = postprocess or PostprocessSettings()
+    has_orientation = orientation_dir is not None and (Path(orientation_dir) / "meta.json").exists()
+    if postprocess.method == "assignment" and not has_orientation:
+        raise FileNotFoundError(
+            f"{orientation_dir}/meta.json: postprocess.method 'assignment' needs the orientation "
+            "models; run the orientation stage (or set postprocess.method)"
+        )
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
@@ -171,7 +217,12 @@ def build_bundle(
         has_torch = torch_dir is not None and (Path(torch_dir) / "meta.json").exists()
         torch = _convert_torch(Path(torch_dir), staging) if has_torch else None
         blend = _read_blend(blend_weights, has_torch)
-        manifest = build_manifest(staging, lgbm, torch, blend, extract)
+        orientation = (
+            _copy_orientation(Path(orientation_dir), staging)  # type: ignore[arg-type]
+            if has_orientation
+            else None
+        )
+        manifest = build_manifest(staging, lgbm, torch, blend, extract, orientation, postprocess)
         write_json(manifest, staging / MANIFEST_NAME)
         load_bundle(staging)  # never ship a bundle that does not load
         swap_directory(staging, out_dir)

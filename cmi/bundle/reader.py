@@ -5,6 +5,10 @@ lightgbm import until a part is actually loaded).
 ``cmi.bundle.seal``: any edit to the manifest after it was built is refused, naming the key),
 optionally a pinned digest, that every file present is listed and nothing looks like a pickle,
 and each model file's sha256 before parsing it from the bytes it has just verified.
+
+Besides the gesture models, a bundle may hold the orientation classifier's fold models (for
+subject-level post-processing) and always says which post-processing it was built for
+(``postprocess``: method, mode, combine; ``none`` for bundles built before it existed).
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ from typing import Any
 
 from cmi.bundle.seal import SealError, manifest_digest, verify_seal
 from cmi.io import read_json
-from cmi.params import ExtractParams
-from cmi.schema import GESTURES
+from cmi.params import ExtractParams, check_postprocess
+from cmi.schema import GESTURES, ORIENTATIONS
 from cmi.weights import BlendError, BlendWeights
 
 log = logging.getLogger("cmi.bundle")
@@ -30,9 +34,10 @@ FORMAT_NAME = "cmi-bundle"
 # 2: the manifest carries a seal. Version 1 bundles (unsealed) are refused: rebuild them.
 FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
-PARTS: tuple[str, ...] = ("lgbm", "torch")
+PARTS: tuple[str, ...] = ("lgbm", "torch", "orientation")
 # Only these file types may be part of a bundle: both parse without executing anything.
-ALLOWED_SUFFIXES: dict[str, str] = {".txt": "lgbm", ".safetensors": "torch"}
+# (LightGBM text models: the gesture models in lgbm/, the orientation models in orientation/.)
+ALLOWED_SUFFIXES: dict[str, str] = {".txt": "lightgbm", ".safetensors": "torch"}
 # Named explicitly so the error says why such a file is refused.
 PICKLE_SUFFIXES: frozenset[str] = frozenset(
     {".pkl", ".pickle", ".joblib", ".pt", ".pth", ".ckpt", ".bin", ".npy", ".npz", ".dill", ".sav"}
@@ -90,6 +95,29 @@ class TorchPart:
 
 
 @dataclass
+class OrientationPart:
+    """The orientation classifier's fold models (IMU sequence features only)."""
+
+    feature_names: list[str]
+    boosters: list[Any]  # lightgbm.Booster, one per fold; 4 classes in ORIENTATIONS order
+
+
+@dataclass(frozen=True)
+class PostprocessSettings:
+    """The subject-level post-processing a bundle was built for (``cmi.postprocess``)."""
+
+    method: str = "none"
+    mode: str = "resolve"
+    combine: str = "max"
+
+    def __post_init__(self) -> None:
+        check_postprocess(self.method, self.mode, self.combine)
+
+    def to_json(self) -> dict[str, str]:
+        return {"method": self.method, "mode": self.mode, "combine": self.combine}
+
+
+@dataclass
 class Bundle:
     root: Path
     manifest: dict[str, Any]
@@ -98,6 +126,8 @@ class Bundle:
     blend: BlendWeights
     lgbm: LgbmPart | None = None
     torch: TorchPart | None = None
+    orientation: OrientationPart | None = None
+    postprocess: PostprocessSettings = field(default_factory=PostprocessSettings)
     versions: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -250,6 +280,40 @@ def _load_lgbm(root: Path, section: dict[str, Any], files: dict[str, Any]) -> Lg
     return LgbmPart(names, boosters, best)
 
 
+def _load_orientation(
+    root: Path, section: dict[str, Any], files: dict[str, Any]
+) -> OrientationPart:
+    if list(section.get("classes") or []) != list(ORIENTATIONS):
+        raise BundleError(
+            f"{root / MANIFEST_NAME}: orientation 'classes' is not cmi.schema.ORIENTATIONS"
+        )
+    names = list(section["feature_names"])
+    boosters = []
+    for fold in section["folds"]:
+        path, sha, size = _entry(files, fold["model"], root)
+        booster = _load_booster(path, _read_verified(path, sha, size))
+        if booster.num_feature() != len(names):
+            raise BundleError(
+                f"{path}: model has {booster.num_feature()} features, manifest lists {len(names)}"
+            )
+        if booster.num_model_per_iteration() != len(ORIENTATIONS):
+            raise BundleError(f"{path}: not a {len(ORIENTATIONS)}-class orientation model")
+        boosters.append(booster)
+    if not boosters:
+        raise BundleError(f"{root / MANIFEST_NAME}: the orientation part has no folds")
+    return OrientationPart(names, boosters)
+
+
+def _postprocess_settings(manifest: dict[str, Any], source: Path) -> PostprocessSettings:
+    section = manifest.get("postprocess")
+    if section is None:  # built before post-processing existed: it answers the plain argmax
+        return PostprocessSettings()
+    try:
+        return PostprocessSettings(**section)
+    except (TypeError, ValueError) as err:
+        raise BundleError(f"{source}: bad 'postprocess' section: {err}") from err
+
+
 def _load_torch(
     root: Path, section: dict[str, Any], files: dict[str, Any], in_memory: bool
 ) -> TorchPart:
@@ -292,7 +356,8 @@ def load_bundle(
     """Verify and load a bundle. Raises BundleError naming the offending file or key.
 
     ``parts`` limits which models are loaded (and whose files must be present); a bundle
-    without a Torch part loads as LightGBM-only. ``expected_digest`` (``sha256:<hex>``, as
+    without a Torch part loads as LightGBM-only, one without orientation models with
+    ``orientation=None``. ``expected_digest`` (``sha256:<hex>``, as
     the bundle stage prints it) refuses any other bundle, however valid.
     """
     root = Path(root)
@@ -309,12 +374,14 @@ def load_bundle(
         raise BundleError(
             f"{root / MANIFEST_NAME}: bad 'extract' or 'blend' section: {err}"
         ) from err
+    postprocess = _postprocess_settings(manifest, root / MANIFEST_NAME)
     bundle = Bundle(
         root=root,
         manifest=manifest,
         classes=list(manifest["classes"]),
         extract=extract,
         blend=blend,
+        postprocess=postprocess,
         versions=dict(manifest.get("versions", {})),
     )
     try:
@@ -322,6 +389,8 @@ def load_bundle(
             bundle.lgbm = _load_lgbm(root, manifest["lgbm"], files)
         if "torch" in parts and manifest.get("torch"):
             bundle.torch = _load_torch(root, manifest["torch"], files, torch_in_memory)
+        if "orientation" in parts and manifest.get("orientation"):
+            bundle.orientation = _load_orientation(root, manifest["orientation"], files)
     except (KeyError, TypeError) as err:
         raise BundleError(f"{root / MANIFEST_NAME}: malformed model section ({err!r})") from err
     _warn_on_version_drift(bundle.versions)

@@ -25,6 +25,7 @@ from typing import Literal
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from cmi.params import POSTPROCESS_METHODS, POSTPROCESS_MODES
 from cmi.postprocess.slots import (
     N_ORIENTATIONS,
     Combine,
@@ -37,8 +38,8 @@ from cmi.schema import N_CLASSES
 
 Method = Literal["none", "gesture_counts", "assignment"]
 Mode = Literal["resolve", "pinned"]
-METHODS: tuple[str, ...] = ("none", "gesture_counts", "assignment")
-MODES: tuple[str, ...] = ("resolve", "pinned")
+METHODS: tuple[str, ...] = POSTPROCESS_METHODS
+MODES: tuple[str, ...] = POSTPROCESS_MODES
 
 _MIN_PROBA = 1e-12
 # Cost of a slot a pinned sequence may not take: larger than any feasible total

@@ -20,9 +20,9 @@ import numpy as np
 import polars as pl
 
 from cmi.evaluation import OOF_KEY, check_share, view_scores
-from cmi.orientation import ORIENTATION_COLUMNS
 from cmi.postprocess.assignment import METHODS, MODES, Method, Mode, excess_answers, replay_subject
 from cmi.postprocess.slots import Combine
+from cmi.protocol import ORIENTATION_COLUMNS
 from cmi.schema import PROBA_COLUMNS
 
 _OOF_COLUMNS = ("sequence_id", "fold", "y_true", "sensor_group", "view", *PROBA_COLUMNS)
@@ -223,3 +223,44 @@ def compare_postprocessing(
             summary["gain"] = float(np.median(gains))
             out[method][mode] = summary
     return out
+
+
+def postprocess_report(
+    oof: pl.DataFrame,
+    orientation_oof: pl.DataFrame | None,
+    sequences: pl.DataFrame,
+    *,
+    mode: Mode,
+    combine: Combine,
+    n_orders: int,
+    seed: int,
+    imu_only_share: float,
+) -> dict:
+    """metrics/blend.json's ``postprocess`` section: every method replayed in ``mode`` on the
+    same presentations. ``{"none" | "gesture_counts" | "assignment": {test_like, full,
+    imu_only, test_like_binary_f1, test_like_macro_f1, excess_answers, test_like_per_order,
+    gain (not for none)}}`` (medians over orders), plus the settings and the rows per order."""
+    compared = compare_postprocessing(
+        oof,
+        orientation_oof,
+        sequences,
+        imu_only_share=imu_only_share,
+        n_orders=n_orders,
+        seed=seed,
+        combine=combine,
+        modes=(mode,),
+    )
+    report: dict = {
+        "mode": mode,
+        "combine": combine,
+        "n_orders": n_orders,
+        "seed": seed,
+        "imu_only_share": imu_only_share,
+        "orientation": "oof" if orientation_oof is not None else "uniform",
+        "n_sequences": int(oof["sequence_id"].n_unique()),
+        "none": compared["none"],
+    }
+    for method in METHODS:
+        if method != "none":
+            report[method] = compared[method][mode]
+    return report

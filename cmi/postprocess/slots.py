@@ -21,6 +21,7 @@ from typing import Literal
 
 import numpy as np
 
+from cmi.params import POSTPROCESS_COMBINES
 from cmi.protocol import PROTOCOL_PAIRS, SLOTS_PER_PAIR, gesture_capacity
 from cmi.schema import GESTURE_INDEX, GESTURES, N_CLASSES, ORIENTATIONS
 
@@ -28,7 +29,7 @@ N_ORIENTATIONS = len(ORIENTATIONS)
 _ORIENTATION_INDEX = {o: i for i, o in enumerate(ORIENTATIONS)}
 
 Combine = Literal["max", "product", "bayes"]
-COMBINES: tuple[str, ...] = ("max", "product", "bayes")
+COMBINES: tuple[str, ...] = POSTPROCESS_COMBINES
 # Floor of an orientation mass we divide by (a zero would make a gesture's pairs 0 / 0).
 _FLOOR = 1e-12
 
