@@ -363,8 +363,8 @@ def _unseen_test_set(out: Path) -> tuple[Path, Path]:
     sequences IMU-only as in the hidden test."""
     from cmi.synth import write_synthetic
 
-    raw = write_synthetic("tiny", out / "draw", seed=11)
-    train = pl.read_csv(raw["train"])
+    write_synthetic("tiny", out / "draw", seed=11)
+    train = pl.read_csv(out / "draw" / "train.csv")
     counts = train.group_by("subject").agg(pl.col("sequence_id").n_unique().alias("n"))
     whole = counts.filter(pl.col("n") >= 90)["subject"].to_list()
     assert len(whole) == 2, counts
@@ -379,9 +379,9 @@ def _unseen_test_set(out: Path) -> tuple[Path, Path]:
     ).select(TEST_COLUMNS)
     test_csv, demographics_csv = out / "test.csv", out / "test_demographics.csv"
     test.write_csv(test_csv)
-    pl.read_csv(raw["train_demographics"]).filter(pl.col("subject").is_in(whole)).write_csv(
-        demographics_csv
-    )
+    pl.read_csv(out / "draw" / "train_demographics.csv").filter(
+        pl.col("subject").is_in(whole)
+    ).write_csv(demographics_csv)
     return test_csv, demographics_csv
 
 
