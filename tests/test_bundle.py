@@ -313,6 +313,21 @@ def test_bundle_stage_script(tmp_path: Path) -> None:
     assert len(bundle.orientation.boosters) == 2  # shipped whatever the method: an env may ask
 
 
+def test_torch_members_the_bundle_cannot_ship_are_refused(tmp_path: Path) -> None:
+    """meta.json of a torch run with torch.seeds lists more than one model per fold: shipping
+    only fold_k.pt would make inference differ from the OOF that scored the members."""
+    paths = write_fake_models(tmp_path / "src")
+    meta = read_json(paths.torch_dir / "meta.json")
+    one_per_fold = [{"fold": k, "kind": "full", "weights": f"fold_{k}.pt"} for k in range(2)]
+    write_json({**meta, "models": one_per_fold}, paths.torch_dir / "meta.json")
+    args = (paths.lgbm_dir, paths.torch_dir, paths.blend_dir / "weights.json", ExtractParams())
+    build_bundle(tmp_path / "ok", *args, orientation_dir=paths.orientation_dir)
+    seeds = [*one_per_fold, {"fold": 0, "kind": "full", "weights": "fold_0_seed_7.pt"}]
+    write_json({**meta, "models": seeds}, paths.torch_dir / "meta.json")
+    with pytest.raises(BundleError, match=r"1 Torch member\(s\) beyond one model per fold"):
+        build_bundle(tmp_path / "bundle", *args, orientation_dir=paths.orientation_dir)
+
+
 # ------------------------------------------------------------------ orientation, post-processing
 
 

@@ -92,6 +92,15 @@ def _convert_torch(torch_dir: Path, staging: Path) -> dict[str, Any]:
     meta_path = torch_dir / "meta.json"
     meta = read_json(meta_path)
     check_classes(meta.get("classes"), meta_path)
+    # The bundle ships one full-input model per fold (fold_k.pt). Extra members (torch.seeds,
+    # torch.imu_only_model) would be left out, and inference would silently differ from the
+    # OOF that scored them: refuse instead.
+    extra = [m["weights"] for m in meta.get("models", []) if m["weights"] != f"fold_{m['fold']}.pt"]
+    if extra:
+        raise BundleError(
+            f"{meta_path}: {len(extra)} Torch member(s) beyond one model per fold (e.g. "
+            f"{extra[:3]}; torch.seeds / torch.imu_only_model); the bundle does not ship them yet"
+        )
     architecture = dict(meta["architecture"])
     probe = TimeSeriesNet(**architecture)
     folds = []
