@@ -16,15 +16,57 @@ leaderboard: the hidden test is about half IMU-only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import polars as pl
 
 from cmi.metrics import competition_scores, proba_matrix
-from cmi.schema import PROBA_COLUMNS
+from cmi.schema import N_CLASSES, PROBA_COLUMNS
 
 VIEWS: tuple[str, ...] = ("full", "imu_only")
 OOF_KEY: tuple[str, ...] = ("sequence_id", "view")
 OOF_COLUMNS: tuple[str, ...] = ("sequence_id", "fold", "y_true", "sensor_group", "view")
+
+
+def view_oof_frame(
+    sequence_ids: Sequence[str] | pl.Series,
+    fold: int | Sequence[int] | np.ndarray | pl.Series,
+    y_true: Sequence[int] | np.ndarray | pl.Series,
+    sensor_group: Sequence[str] | np.ndarray | pl.Series,
+    view: str | Sequence[str] | np.ndarray | pl.Series,
+    proba: np.ndarray,
+) -> pl.DataFrame:
+    """OOF rows in the contract's columns and types (``OOF_COLUMNS``, then p00..p17 as
+    float64), one per sequence_id, in the order given. ``fold`` and ``view`` are one value for
+    every row or one per row; ``proba`` is (n, 18) in schema.GESTURES order. Every writer of
+    an OOF table builds it here; sort by ``OOF_KEY`` (``concat_oof``) and ``check_oof`` it."""
+    n = len(sequence_ids)
+    proba = np.asarray(proba, dtype=np.float64)
+    if proba.size != n * N_CLASSES:
+        raise ValueError(
+            f"OOF: {proba.shape} probabilities for {n} sequences (expected ({n}, {N_CLASSES}))"
+        )
+    proba = proba.reshape(n, N_CLASSES)
+    if isinstance(fold, int | np.integer):
+        fold = np.full(n, fold)
+    if isinstance(view, str):
+        view = [view] * n
+    return pl.DataFrame(
+        [
+            pl.Series("sequence_id", sequence_ids, dtype=pl.String),
+            pl.Series("fold", fold, dtype=pl.Int32),
+            pl.Series("y_true", y_true, dtype=pl.Int32),
+            pl.Series("sensor_group", sensor_group, dtype=pl.String),
+            pl.Series("view", view, dtype=pl.String),
+            *(pl.Series(c, proba[:, i], dtype=pl.Float64) for i, c in enumerate(PROBA_COLUMNS)),
+        ]
+    )
+
+
+def concat_oof(parts: Sequence[pl.DataFrame]) -> pl.DataFrame:
+    """OOF parts (``view_oof_frame``) as one table sorted by (sequence_id, view)."""
+    return pl.concat(parts).sort(*OOF_KEY)
 
 
 def check_oof(oof: pl.DataFrame, name: str = "OOF") -> None:

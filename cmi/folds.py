@@ -1,4 +1,7 @@
-"""One subject-grouped, gesture-stratified CV split shared by every model."""
+"""One subject-grouped, gesture-stratified CV split shared by every model.
+
+The folds table (``data/folds/folds.parquet``: sequence_id, fold) is checked against the
+sequences table where the model stages read both: ``cmi.sequences.labeled_folds``."""
 
 from __future__ import annotations
 
@@ -34,7 +37,3 @@ def assign_folds(sequences: pl.DataFrame, cv: CVParams) -> pl.DataFrame:
         for k, (_, valid) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
             fold[valid] = k
     return ordered.select("sequence_id").with_columns(pl.Series("fold", fold, dtype=pl.Int32))
-
-
-def fold_of(folds: pl.DataFrame) -> dict[str, int]:
-    return dict(zip(folds["sequence_id"].to_list(), folds["fold"].to_list(), strict=True))

@@ -8,9 +8,12 @@ import pytest
 
 from cmi.evaluation import (
     OOF_COLUMNS,
+    OOF_KEY,
     check_oof,
     check_share,
+    concat_oof,
     per_fold_test_like,
+    view_oof_frame,
     view_scores,
     view_weights,
 )
@@ -25,17 +28,8 @@ def _oof(rows: list[tuple[str, int, int, str, str, int]]) -> pl.DataFrame:
     proba = np.full((len(rows), N_CLASSES), 0.01)
     proba[np.arange(len(rows)), [r[5] for r in rows]] = 1.0
     proba /= proba.sum(axis=1, keepdims=True)
-    keys = pl.DataFrame(
-        [r[:5] for r in rows],
-        schema={
-            c: t
-            for c, t in zip(
-                OOF_COLUMNS, [pl.String, pl.Int32, pl.Int32, pl.String, pl.String], strict=True
-            )
-        },
-        orient="row",
-    )
-    return keys.hstack([pl.Series(c, proba[:, k]) for k, c in enumerate(PROBA_COLUMNS)])
+    ids, folds, y_true, groups, views = ([r[i] for r in rows] for i in range(5))
+    return view_oof_frame(ids, folds, y_true, groups, views, proba)
 
 
 @pytest.fixture
@@ -137,3 +131,43 @@ def test_check_oof_accepts_the_contract(oof: pl.DataFrame) -> None:
 def test_check_oof_names_file_column_and_sequence(oof: pl.DataFrame, corrupt, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         check_oof(corrupt(oof), "x.parquet")
+
+
+CONTRACT_SCHEMA = {
+    "sequence_id": pl.String,
+    "fold": pl.Int32,
+    "y_true": pl.Int32,
+    "sensor_group": pl.String,
+    "view": pl.String,
+    **dict.fromkeys(PROBA_COLUMNS, pl.Float64),
+}
+
+
+def test_view_oof_frame_builds_contract_rows_in_the_given_order() -> None:
+    proba = np.random.default_rng(0).dirichlet(np.ones(N_CLASSES), size=3).astype(np.float32)
+    groups = np.array(["full", "imu_only", "full"])  # numpy strings, as the lgbm arrays are
+    rows = view_oof_frame(["b", "c", "a"], 4, np.array([3, 2, 1]), groups, "imu_only", proba)
+    assert dict(rows.schema) == CONTRACT_SCHEMA
+    assert rows.columns == [*OOF_COLUMNS, *PROBA_COLUMNS]
+    assert rows["sequence_id"].to_list() == ["b", "c", "a"]
+    assert rows["fold"].to_list() == [4, 4, 4] and rows["view"].to_list() == ["imu_only"] * 3
+    assert rows["y_true"].to_list() == [3, 2, 1]
+    assert rows["sensor_group"].to_list() == ["full", "imu_only", "full"]
+    np.testing.assert_array_equal(rows.select(PROBA_COLUMNS).to_numpy(), proba.astype(np.float64))
+    per_row = view_oof_frame(
+        pl.Series(["a", "a"]), pl.Series([1, 1]), pl.Series([5, 5], dtype=pl.Int64),
+        pl.Series(["full", "full"]), ["full", "imu_only"], proba[:2],
+    )  # fmt: skip
+    assert dict(per_row.schema) == CONTRACT_SCHEMA
+    assert per_row["view"].to_list() == ["full", "imu_only"] and per_row["y_true"][0] == 5
+    empty = view_oof_frame([], 0, [], [], "full", np.zeros((0, N_CLASSES)))
+    assert empty.height == 0 and dict(empty.schema) == CONTRACT_SCHEMA
+    with pytest.raises(ValueError, match=r"\(2, 17\) probabilities for 2 sequences"):
+        view_oof_frame(["a", "b"], 0, [1, 2], ["full"] * 2, "full", np.ones((2, N_CLASSES - 1)))
+
+
+def test_concat_oof_sorts_parts_by_sequence_then_view(oof: pl.DataFrame) -> None:
+    shuffled = oof.sample(fraction=1.0, shuffle=True, seed=3)
+    parts = [shuffled.head(2), shuffled.tail(shuffled.height - 2)]
+    assert concat_oof(parts).equals(oof.sort(*OOF_KEY))
+    check_oof(concat_oof(parts))

@@ -1,4 +1,5 @@
-"""The shared CV split: grouped by subject, stratified by gesture, deterministic."""
+"""The shared CV split (grouped by subject, stratified by gesture, deterministic) and the one
+check of the folds table against the sequences table (``labeled_folds``)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from cmi.folds import assign_folds, fold_of
+from cmi.folds import assign_folds
 from cmi.params import CVParams
+from cmi.sequences import labeled_folds
 
 
 def _sequences(n_subjects: int, per_subject: int = 12, seed: int = 0) -> pl.DataFrame:
@@ -83,9 +85,53 @@ def test_fewer_subjects_than_folds_raises_clearly() -> None:
         assign_folds(_sequences(n_subjects=4), CVParams(n_splits=5, seed=0))
 
 
-def test_fold_of_maps_sequence_to_fold() -> None:
-    sequences = _sequences(n_subjects=6, per_subject=3)
+def _ghost_fold(folds: pl.DataFrame) -> pl.DataFrame:
+    """``folds`` with one more sequence, which the sequences table does not have."""
+    ghost = pl.DataFrame({"sequence_id": ["GHOST"], "fold": [0]}, schema=folds.schema)
+    return pl.concat([folds, ghost])
+
+
+def _labeled_inputs() -> tuple[pl.DataFrame, pl.DataFrame]:
+    sequences = _sequences(n_subjects=6, per_subject=3).with_columns(
+        sensor_group=pl.when(pl.int_range(pl.len()) % 4 == 0)
+        .then(pl.lit("imu_only"))
+        .otherwise(pl.lit("full")),
+        orientation=pl.lit("Seated Straight"),
+    )
     folds = assign_folds(sequences, CVParams(n_splits=3, seed=0))
-    mapping = fold_of(folds)
-    assert len(mapping) == sequences.height
-    assert all(mapping[s] == f for s, f in folds.iter_rows())
+    return sequences.reverse(), folds.reverse()  # row order must not matter
+
+
+def test_labeled_folds_joins_labels_to_folds_sorted_by_id() -> None:
+    sequences, folds = _labeled_inputs()
+    table = labeled_folds(sequences, folds, ["orientation"])
+    assert table.columns == ["sequence_id", "fold", "label", "sensor_group", "orientation"]
+    assert table["sequence_id"].to_list() == sorted(sequences["sequence_id"].to_list())
+    expected = sequences.join(folds, on="sequence_id").sort("sequence_id")
+    assert table.equals(expected.select(table.columns))
+    assert labeled_folds(sequences, folds).columns == table.columns[:4]
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "message"),
+    [
+        (lambda s, k: (s.drop("sensor_group"), k), r"sequences.parquet: missing column.*sensor_"),
+        (lambda s, k: (s, k.rename({"fold": "k"})), r"folds.parquet: missing column.*fold"),
+        (lambda s, k: (pl.concat([s, s.head(1)]), k), r"sequences.parquet: duplicate sequence_id"),
+        (lambda s, k: (s, pl.concat([k, k.head(1)])), r"folds.parquet: duplicate sequence_id"),
+        (lambda s, k: (s, k.head(10)), r"folds.parquet: no row for 8 sequence\(s\) of sequences"),
+        (
+            lambda s, k: (s, _ghost_fold(k)),
+            r"sequences.parquet: no row for 1 sequence\(s\) of folds.parquet, e.g. \['GHOST'\]",
+        ),
+        (lambda s, k: (s.with_columns(label=pl.lit(18, pl.Int32)), k), r"label null or outside"),
+        (lambda s, k: (s.with_columns(label=pl.lit(None, pl.Int32)), k), r"label null or outside"),
+        (lambda s, k: (s.with_columns(sensor_group=pl.lit("tof")), k), r"sensor_group not in"),
+        (lambda s, k: (s, k.with_columns(fold=pl.lit(None, pl.Int32))), r"fold null or negative"),
+        (lambda s, k: (s, k.with_columns(fold=pl.col("fold") * 2)), r"folds \[0, 2, 4\] are not"),
+        (lambda s, k: (s.head(0), k.head(0)), r"folds.parquet: no sequences"),
+    ],
+)
+def test_labeled_folds_rejects_bad_tables(corrupt, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        labeled_folds(*corrupt(*_labeled_inputs()))

@@ -440,6 +440,27 @@ def test_stage_main_on_fake_project(tmp_path: Path, caplog: pytest.LogCaptureFix
         train_lgbm.main(tmp_path)
 
 
+def test_read_training_set_names_a_missing_input(tmp_path: Path) -> None:
+    paths = _fake_project(tmp_path, _fake_frames())
+    assert lgbm.read_training_set(paths, 3).n_folds == 3
+    paths.sequence_features.unlink()
+    with pytest.raises(FileNotFoundError, match=r"sequence_features\.parquet: missing; run"):
+        lgbm.read_training_set(paths, 3)
+
+
+def test_write_fold_models_leaves_exactly_this_runs_models(tmp_path: Path) -> None:
+    for name in ("fold_1.txt", "fold_2.txt", "fold_7.txt", "fold_x.txt", "meta.json"):
+        (tmp_path / name).write_text("an earlier run")
+    lgbm.write_fold_models(tmp_path, {0: "model 0", 1: "model 1"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "fold_0.txt",
+        "fold_1.txt",
+        "fold_x.txt",  # not a fold model: left alone
+        "meta.json",
+    ]
+    assert (tmp_path / "fold_1.txt").read_text() == "model 1"
+
+
 @pytest.mark.parametrize("refit_full", [True, False])
 def test_shuffled_labels_of_fold_k_leave_fold_k_model_byte_identical(
     tmp_path: Path, refit_full: bool

@@ -1,14 +1,14 @@
-"""Cross-validation: one model per fold (resumable per fold), the OOF table in views, outputs.
+"""Cross-validation: one model per fold, resumable per fold (the lgbm stage's core).
 
 Finished folds are checkpointed (``cmi.checkpoint``), so a killed run resumes per fold and gives
-the same out-of-fold table as an uninterrupted one.
+the same out-of-fold table as an uninterrupted one. What the stage writes: ``cmi.lgbm.outputs``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,11 @@ from tqdm.auto import tqdm
 from cmi import deps
 from cmi.checkpoint import CheckpointError, CheckpointStore, write_text_file
 from cmi.evaluation import view_scores
-from cmi.lgbm.data import TrainingSet, is_modality_feature
+from cmi.lgbm.data import TrainingSet
+from cmi.lgbm.outputs import fold_oof_frame
 from cmi.lgbm.train import FoldResult, inner_fold, train_fold
 from cmi.params import LgbmParams, Params, section_dict
-from cmi.schema import GESTURES, N_CLASSES, PROBA_COLUMNS
+from cmi.schema import PROBA_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,22 @@ def load_fold(store: CheckpointStore, data: TrainingSet, fold: int) -> FoldResul
 # ---------------------------------------------------------------- cross-validation
 
 
+def slow_fold_hook(environ: Mapping[str, str]) -> Callable[[int], None] | None:
+    """Test hook for ``run_cv``'s ``on_fold_start``: CMI_TEST_SLOW_FOLD=k in ``environ`` sleeps
+    CMI_TEST_SLOW_SECONDS (default 60) at the start of fold k, so a kill lands there."""
+    slow_fold = environ.get("CMI_TEST_SLOW_FOLD")
+    if not slow_fold:
+        return None
+    seconds = float(environ.get("CMI_TEST_SLOW_SECONDS", "60"))
+
+    def hook(fold: int) -> None:
+        if fold == int(slow_fold):
+            log.info("fold %d: CMI_TEST_SLOW_FOLD set, sleeping %.0fs", fold, seconds)
+            time.sleep(seconds)
+
+    return hook
+
+
 def run_cv(
     data: TrainingSet,
     params: LgbmParams,
@@ -155,9 +172,6 @@ def run_cv(
     return results
 
 
-# ---------------------------------------------------------------- outputs
-
-
 def _proba_frame(sequence_ids: Sequence[str], proba: np.ndarray) -> pl.DataFrame:
     return pl.DataFrame(
         {
@@ -165,65 +179,3 @@ def _proba_frame(sequence_ids: Sequence[str], proba: np.ndarray) -> pl.DataFrame
             **{c: pl.Series(proba[:, i], dtype=pl.Float64) for i, c in enumerate(PROBA_COLUMNS)},
         }
     )
-
-
-def _view_rows(data: TrainingSet, rows: np.ndarray, view: str, proba: np.ndarray) -> pl.DataFrame:
-    ids = [data.sequence_ids[i] for i in rows]
-    return pl.DataFrame(
-        {
-            "sequence_id": pl.Series(ids, dtype=pl.String),
-            "fold": pl.Series(data.fold[rows], dtype=pl.Int32),
-            "y_true": pl.Series(data.y[rows], dtype=pl.Int32),
-            "sensor_group": pl.Series(data.sensor_group[rows].tolist(), dtype=pl.String),
-            "view": pl.Series([view] * len(rows), dtype=pl.String),
-        }
-    ).hstack(_proba_frame(ids, proba).drop("sequence_id"))
-
-
-def fold_oof_frame(data: TrainingSet, result: FoldResult) -> pl.DataFrame:
-    """One fold's rows of the OOF contract (``cmi.evaluation``): the recorded view of its
-    full-sensor sequences, the IMU-only view of all of them; sorted by (sequence_id, view)."""
-    rows = data.valid_rows(result.fold)
-    full = data.sensor_group[rows] == "full"
-    return pl.concat(
-        [
-            _view_rows(data, rows[full], "full", result.proba_recorded[full]),
-            _view_rows(data, rows, "imu_only", result.proba_imu_only),
-        ]
-    ).sort("sequence_id", "view")
-
-
-def oof_frame(data: TrainingSet, results: Sequence[FoldResult]) -> pl.DataFrame:
-    """The OOF table of every fold (``sequence_id, fold, y_true, sensor_group, view,
-    p00..p17``), sorted by (sequence_id, view)."""
-    folds = sorted(r.fold for r in results)
-    if folds != list(range(data.n_folds)):
-        raise ValueError(f"out-of-fold probabilities missing: have folds {folds}")
-    return pl.concat([fold_oof_frame(data, r) for r in results]).sort("sequence_id", "view")
-
-
-def gain_importance(model_text: str) -> np.ndarray:
-    return lgb.Booster(model_str=model_text).feature_importance(importance_type="gain")
-
-
-def importance_frame(feature_names: Sequence[str], results: Sequence[FoldResult]) -> pl.DataFrame:
-    """feature, gain (mean over folds), gain_fold_k ...; most important first."""
-    per_fold = {f"gain_fold_{r.fold}": gain_importance(r.model_text) for r in results}
-    gains = np.vstack(list(per_fold.values()))
-    return pl.DataFrame(
-        {"feature": list(feature_names), "gain": gains.mean(axis=0), **per_fold}
-    ).sort(["gain", "feature"], descending=[True, False])
-
-
-def model_meta(data: TrainingSet, results: Sequence[FoldResult], params: LgbmParams) -> dict:
-    """models/lgbm/meta.json: what inference needs to use the fold models."""
-    return {
-        "n_folds": len(results),
-        "feature_names": list(data.feature_names),
-        "best_iterations": [r.best_iteration for r in results],
-        "classes": list(GESTURES),
-        "num_class": N_CLASSES,
-        "modality_features": [n for n in data.feature_names if is_modality_feature(n)],
-        "lightgbm_version": lgb.__version__,
-        "params": section_dict(params),
-    }

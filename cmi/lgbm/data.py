@@ -11,14 +11,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from cmi.features import is_modality_channel
-from cmi.schema import N_CLASSES
+from cmi.paths import ProjectPaths
+from cmi.sequences import (
+    SEQUENCES_FILE,
+    labeled_folds,
+    read_tables,
+    require_columns,
+    require_ids_in,
+    require_unique_ids,
+)
 
-SENSOR_GROUPS = ("full", "imu_only")
+FEATURES_FILE = "sequence_features.parquet"
 
 
 def is_modality_feature(name: str) -> bool:
@@ -64,66 +73,41 @@ class TrainingSet:
         return np.flatnonzero(self.fold != fold)
 
 
-def _require_columns(frame: pl.DataFrame, columns: Sequence[str], file_name: str) -> None:
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{file_name}: missing column(s) {missing}")
+def input_files(paths: ProjectPaths) -> list[Path]:
+    """The stage's input tables: sequences, per-sequence features, folds."""
+    return [paths.sequences, paths.sequence_features, paths.folds]
 
 
-def _require_unique_ids(frame: pl.DataFrame, file_name: str) -> None:
-    duplicated = frame.filter(pl.col("sequence_id").is_duplicated())["sequence_id"]
-    if duplicated.len():
+def read_training_set(paths: ProjectPaths, n_splits: int) -> TrainingSet:
+    """The checked training set of a project; ValueError unless its folds are ``n_splits``."""
+    data = build_training_set(*read_tables(input_files(paths)))
+    if data.n_folds != n_splits:
         raise ValueError(
-            f"{file_name}: duplicate sequence_id {duplicated.unique().head(3).to_list()}"
+            f"{paths.folds}: {data.n_folds} folds but cv.n_splits={n_splits}; rerun the folds stage"
         )
-
-
-def _require_same_ids(ids: pl.Series, other: pl.Series, file_name: str, other_name: str) -> None:
-    missing = ids.filter(~ids.is_in(other.implode()))
-    if missing.len():
-        raise ValueError(
-            f"{other_name}: no row for {missing.len()} sequence(s) of {file_name}, "
-            f"e.g. {missing.head(3).to_list()}"
-        )
+    return data
 
 
 def build_training_set(
     sequences: pl.DataFrame, sequence_features: pl.DataFrame, folds: pl.DataFrame
 ) -> TrainingSet:
-    """Join the extract and folds outputs (contract format) into one checked training set."""
-    _require_columns(sequences, ["sequence_id", "label", "sensor_group"], "sequences.parquet")
-    _require_columns(sequence_features, ["sequence_id"], "sequence_features.parquet")
-    _require_columns(folds, ["sequence_id", "fold"], "folds.parquet")
-    for frame, name in (
-        (sequences, "sequences.parquet"),
-        (sequence_features, "sequence_features.parquet"),
-        (folds, "folds.parquet"),
-    ):
-        _require_unique_ids(frame, name)
+    """Join the extract and folds outputs (contract format) into one checked training set:
+    labels and folds as ``cmi.sequences.labeled_folds`` checks them, one numeric feature row for
+    each of those sequences and no other."""
+    labeled = labeled_folds(sequences, folds)
+    require_columns(sequence_features, ["sequence_id"], FEATURES_FILE)
+    require_unique_ids(sequence_features, FEATURES_FILE)
     feature_names = [c for c in sequence_features.columns if c != "sequence_id"]
     if not feature_names:
-        raise ValueError("sequence_features.parquet: no feature columns")
+        raise ValueError(f"{FEATURES_FILE}: no feature columns")
     schema = sequence_features.schema  # built once: it is rebuilt on every .schema access
     not_numeric = [c for c in feature_names if not schema[c].is_numeric()]
     if not_numeric:
-        raise ValueError(f"sequence_features.parquet: non-numeric feature column(s) {not_numeric}")
+        raise ValueError(f"{FEATURES_FILE}: non-numeric feature column(s) {not_numeric}")
     ids = sequence_features["sequence_id"]
-    _require_same_ids(
-        ids, sequences["sequence_id"], "sequence_features.parquet", "sequences.parquet"
-    )
-    _require_same_ids(
-        sequences["sequence_id"], ids, "sequences.parquet", "sequence_features.parquet"
-    )
-    _require_same_ids(ids, folds["sequence_id"], "sequence_features.parquet", "folds.parquet")
-
-    table = (
-        sequence_features.join(
-            sequences.select("sequence_id", "label", "sensor_group"), on="sequence_id"
-        )
-        .join(folds.select("sequence_id", "fold"), on="sequence_id")
-        .sort("sequence_id")
-    )
-    _check_values(table)
+    require_ids_in(ids, labeled["sequence_id"], FEATURES_FILE, SEQUENCES_FILE)
+    require_ids_in(labeled["sequence_id"], ids, SEQUENCES_FILE, FEATURES_FILE)
+    table = sequence_features.join(labeled, on="sequence_id").sort("sequence_id")
     return TrainingSet(
         sequence_ids=table["sequence_id"].to_list(),
         x=table.select(pl.col(feature_names).cast(pl.Float32)).to_numpy(),
@@ -132,22 +116,3 @@ def build_training_set(
         fold=table["fold"].to_numpy().astype(np.int32),
         sensor_group=table["sensor_group"].to_numpy().astype(str),
     )
-
-
-def _check_values(table: pl.DataFrame) -> None:
-    def first_bad(condition: pl.Expr) -> list[str]:
-        return table.filter(condition)["sequence_id"].head(3).to_list()
-
-    bad = first_bad(pl.col("label").is_null() | ~pl.col("label").is_between(0, N_CLASSES - 1))
-    if bad:
-        raise ValueError(f"sequences.parquet: column label null or outside 0..17 for {bad}")
-    bad = first_bad(~pl.col("sensor_group").is_in(SENSOR_GROUPS) | pl.col("sensor_group").is_null())
-    if bad:
-        raise ValueError(f"sequences.parquet: column sensor_group not in {SENSOR_GROUPS} for {bad}")
-    bad = first_bad(pl.col("fold").is_null() | (pl.col("fold") < 0))
-    if bad:
-        raise ValueError(f"folds.parquet: column fold null or negative for {bad}")
-    present = set(table["fold"].unique().to_list())
-    expected = set(range(max(present) + 1))
-    if present != expected:
-        raise ValueError(f"folds.parquet: folds {sorted(present)} are not 0..{max(present)}")

@@ -17,7 +17,8 @@ import polars as pl
 
 from cmi.nn.data import Scaler, modality_indices, pad_length, sequence_lengths, to_padded
 from cmi.params import TorchParams
-from cmi.schema import N_CLASSES, ORIENTATIONS
+from cmi.schema import ORIENTATIONS
+from cmi.sequences import labeled_folds
 
 MIN_FOLDS = 3  # a training part, an inner validation fold and the scored fold
 
@@ -64,22 +65,11 @@ def inner_fold_of(fold: int, n_folds: int) -> int:
 
 
 def labeled_sequences(sequences: pl.DataFrame, folds: pl.DataFrame) -> pl.DataFrame:
-    """sequence_id, fold, label, sensor_group (and orientation, an index into
-    schema.ORIENTATIONS or -1, when the sequences table has it) for every sequence of the
-    folds table."""
-    for name, frame, columns in (
-        ("sequences.parquet", sequences, ("sequence_id", "label", "sensor_group")),
-        ("folds.parquet", folds, ("sequence_id", "fold")),
-    ):
-        missing = [c for c in columns if c not in frame.columns]
-        if missing:
-            raise ValueError(f"{name}: missing column(s) {missing}")
+    """sequence_id, fold, label, sensor_group (checked by ``cmi.sequences.labeled_folds``) and,
+    when the sequences table has it, orientation as an index into schema.ORIENTATIONS or -1,
+    sorted by sequence_id."""
     extra = ["orientation"] if "orientation" in sequences.columns else []
-    table = folds.select("sequence_id", "fold").join(
-        sequences.select("sequence_id", "label", "sensor_group", *extra),
-        on="sequence_id",
-        how="left",
-    )
+    table = labeled_folds(sequences, folds, extra)
     if extra:
         index = {name: i for i, name in enumerate(ORIENTATIONS)}
         table = table.with_columns(
@@ -88,19 +78,7 @@ def labeled_sequences(sequences: pl.DataFrame, folds: pl.DataFrame) -> pl.DataFr
             .replace_strict(index, default=-1, return_dtype=pl.Int64)
             .fill_null(-1)
         )
-    bad = table.filter(pl.col("label").is_null())
-    if bad.height:
-        raise ValueError(
-            f"sequences.parquet: no label for {bad.height} sequence(s) of folds.parquet, "
-            f"e.g. {bad['sequence_id'].head(3).to_list()}"
-        )
-    out_of_range = table.filter((pl.col("label") < 0) | (pl.col("label") >= N_CLASSES))
-    if out_of_range.height:
-        raise ValueError(
-            f"sequences.parquet: label outside 0..{N_CLASSES - 1} for sequence "
-            f"{out_of_range['sequence_id'][0]}"
-        )
-    return table.sort("sequence_id")
+    return table
 
 
 def _frames_of(frame_features: pl.DataFrame, ids: pl.Series) -> pl.DataFrame:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from cmi.evaluation import VIEWS, check_oof, view_scores
+from cmi.evaluation import VIEWS, check_oof, concat_oof, view_scores
 from cmi.io import write_json, write_parquet
 from cmi.metrics import summarize_oof
 from cmi.nn.cv import TorchFold, member_of
@@ -58,8 +58,7 @@ def curves_dir(paths: ProjectPaths) -> Path:
 
 def oof_frame(folds: Sequence[TorchFold], labeled: pl.DataFrame) -> pl.DataFrame:
     """Every fold's scored sequences in both views, sorted by (sequence_id, view)."""
-    parts = [views_frame(f.predictions, labeled, f.fold) for f in folds]
-    return pl.concat(parts).sort("sequence_id", "view")
+    return concat_oof([views_frame(f.predictions, labeled, f.fold) for f in folds])
 
 
 def scaler_file(fold: int, kind: str) -> str:

@@ -18,15 +18,12 @@ import numpy as np
 import polars as pl
 from torch import nn
 
-from cmi.evaluation import OOF_COLUMNS as KEY_COLUMNS
-from cmi.evaluation import view_scores
+from cmi.evaluation import concat_oof, view_oof_frame, view_scores
 from cmi.nn.data import imu_only_inputs
 from cmi.nn.fold_data import PaddedPart
 from cmi.nn.model import N_ORIENTATIONS
 from cmi.nn.predict import network_outputs
-from cmi.schema import N_CLASSES, PROBA_COLUMNS
 
-OOF_COLUMNS: tuple[str, ...] = (*KEY_COLUMNS, *PROBA_COLUMNS)
 # Orientation probabilities (auxiliary head), as cmi.orientation names them.
 ORIENTATION_COLUMNS: tuple[str, ...] = tuple(f"o{i}" for i in range(N_ORIENTATIONS))
 
@@ -83,34 +80,31 @@ def recorded_proba(predictions: dict[str, ViewPredictions], part: PaddedPart) ->
 def views_frame(
     predictions: dict[str, ViewPredictions], labeled: pl.DataFrame, fold: int
 ) -> pl.DataFrame:
-    """The OOF contract's rows for one fold, sorted by (sequence_id, view).
+    """The OOF contract's rows for one fold (``cmi.evaluation.view_oof_frame``), sorted by
+    (sequence_id, view).
 
     ``labeled`` gives y_true (``label``) and the native ``sensor_group`` of each sequence.
     """
+    info = labeled.select(
+        pl.col("sequence_id").cast(pl.Utf8),
+        pl.col("label").alias("y_true"),
+        pl.col("sensor_group").cast(pl.Utf8),
+    )
     parts = []
     with_orientation = all(p.orientation is not None for p in predictions.values())
     for view, pred in predictions.items():
-        proba = np.asarray(pred.proba, dtype=np.float64).reshape(len(pred.ids), N_CLASSES)
-        extra = []
+        ids = pl.DataFrame({"sequence_id": pred.ids}, schema={"sequence_id": pl.Utf8})
+        rows = ids.join(info, on="sequence_id", how="left", maintain_order="left")
+        part = view_oof_frame(
+            pred.ids, fold, rows["y_true"], rows["sensor_group"], view, pred.proba
+        )
         if with_orientation:
             orientation = np.asarray(pred.orientation, dtype=np.float64)
-            extra = [pl.Series(c, orientation[:, i]) for i, c in enumerate(ORIENTATION_COLUMNS)]
-        parts.append(
-            pl.DataFrame({"sequence_id": pred.ids}, schema={"sequence_id": pl.Utf8}).with_columns(
-                pl.lit(fold, dtype=pl.Int32).alias("fold"),
-                pl.lit(view, dtype=pl.Utf8).alias("view"),
-                *(pl.Series(name, proba[:, i]) for i, name in enumerate(PROBA_COLUMNS)),
-                *extra,
+            part = part.with_columns(
+                pl.Series(c, orientation[:, i]) for i, c in enumerate(ORIENTATION_COLUMNS)
             )
-        )
-    info = labeled.select(
-        pl.col("sequence_id").cast(pl.Utf8),
-        pl.col("label").cast(pl.Int32).alias("y_true"),
-        pl.col("sensor_group").cast(pl.Utf8),
-    )
-    frame = pl.concat(parts).join(info, on="sequence_id", how="left")
-    columns = (*OOF_COLUMNS, *(ORIENTATION_COLUMNS if with_orientation else ()))
-    return frame.select(columns).sort("sequence_id", "view")
+        parts.append(part)
+    return concat_oof(parts)
 
 
 def part_view_scores(
