@@ -453,3 +453,13 @@ def test_bundled_orientation_models_reproduce_the_orientation_oof(
             only.orientation_proba(features.sequence_features), expected, atol=1e-9
         )
     assert oof.columns[2:] == list(ORIENTATION_COLUMNS)
+
+
+def test_bad_postprocess_params_are_named() -> None:
+    from cmi.params import params_from_dict
+
+    assert params_from_dict({}).postprocess.method == "assignment"
+    with pytest.raises(ValueError, match=r"params.yaml: postprocess.method must be one of"):
+        params_from_dict({"postprocess": {"method": "hungarian"}})
+    with pytest.raises(ValueError, match=r"postprocess.n_orders must be >= 1"):
+        params_from_dict({"postprocess": {"n_orders": 0}})
