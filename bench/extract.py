@@ -56,10 +56,11 @@ def ensure_data(data_dir: Path) -> Path:
     return data_dir
 
 
-def make_project(root: Path, data_dir: Path) -> Path:
-    """A project folder with the repo's params.yaml and data/raw linked to the cached CSVs."""
+def make_project(root: Path, data_dir: Path, checkout: Path = REPO_ROOT) -> Path:
+    """A project folder with the checkout's params.yaml and data/raw linked to the cached
+    CSVs."""
     (root / "data" / "raw").mkdir(parents=True)
-    shutil.copy(REPO_ROOT / "params.yaml", root / "params.yaml")
+    shutil.copy(checkout / "params.yaml", root / "params.yaml")
     for name in RAW_FILES:
         os.symlink(data_dir / name, root / "data" / "raw" / name)
     return root
@@ -77,15 +78,17 @@ def floor_once(train_csv: Path) -> float:
     return time.perf_counter() - start
 
 
-def run_stage_once(root: Path) -> tuple[float, float, float]:
-    """(wall seconds, peak RSS GB, CPU seconds user+sys) of one stage run in its own process."""
-    command = [sys.executable, str(REPO_ROOT / "stages" / "extract.py")]
+def run_stage_once(root: Path, checkout: Path = REPO_ROOT) -> tuple[float, float, float]:
+    """(wall seconds, peak RSS GB, CPU seconds user+sys) of one stage run in its own process,
+    with the stage script and ``cmi`` of ``checkout``."""
+    command = [sys.executable, str(checkout / "stages" / "extract.py")]
     time_v = Path("/usr/bin/time")
     if time_v.exists():
         command = [str(time_v), "-v", *command]
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
-    result = subprocess.run(command, cwd=root, capture_output=True, text=True)
+    result = subprocess.run(command, cwd=root, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     if result.returncode != 0:
         raise SystemExit(f"extract failed:\n{result.stderr[-4000:]}")
@@ -154,15 +157,26 @@ def main() -> None:
     parser.add_argument("--n-single", type=int, default=200)
     parser.add_argument("--data", type=Path, default=Path("/tmp/cmi-bench/full"))
     parser.add_argument("--skip-stage", action="store_true", help="only the one-sequence path")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout (e.g. `git archive REV | tar -x -C DIR`) whose extract stage is "
+        "timed in the same rounds, for a before -> after under the same load",
+    )
     args = parser.parse_args()
 
     data_dir = ensure_data(args.data)
     print(f"load average before: {load_average()}")
     ratio, peak = 0.0, 0.0
     if not args.skip_stage:
-        floors, walls, peaks, cpus = [], [], [], []
+        floors, walls, peaks, cpus, baselines = [], [], [], [], []
         for run in range(args.runs):
             floors.append(floor_once(data_dir / "train.csv"))
+            if args.baseline:
+                with tempfile.TemporaryDirectory(prefix="cmi-bench-extract-") as tmp:
+                    project = make_project(Path(tmp), data_dir, args.baseline)
+                    baselines.append(run_stage_once(project, args.baseline))
+                print(f"run {run + 1}/{args.runs}: baseline extract {baselines[-1][0]:.1f} s")
             with tempfile.TemporaryDirectory(prefix="cmi-bench-extract-") as tmp:
                 wall, peak, cpu = run_stage_once(make_project(Path(tmp), data_dir))
             walls.append(wall)
@@ -179,6 +193,14 @@ def main() -> None:
             f"floor (plain pl.read_csv of train.csv) median {floor_s:.1f} s -> {ratio:.2f}x; "
             f"peak RSS median {statistics.median(peaks):.2f} GB, max {peak:.2f} GB"
         )
+        if baselines:
+            base_s = statistics.median(b[0] for b in baselines)
+            print(
+                f"baseline {args.baseline}: median {base_s:.1f} s wall "
+                f"({statistics.median(b[2] for b in baselines):.1f} s CPU) -> "
+                f"{base_s / floor_s:.2f}x the floor; peak RSS max "
+                f"{max(b[1] for b in baselines):.2f} GB"
+            )
 
     medians, single_cpu = single_sequence_ms(data_dir, args.n_single, args.runs)
     single_ms = statistics.median(medians)

@@ -1,12 +1,12 @@
 """The extract stage's work: raw CSVs -> the sequences table and both feature tables.
 
-train.csv is parsed once, in batches, and a second thread computes the features of each
-batch's complete sequences while the next batch parses: polars keeps about one core busy
-parsing, the features use the other. Validation is exactly ``cmi.schema.read_raw_dir``'s: the
-streamed rows are its train table, and nothing is returned (so nothing written) unless every
-file validates. The features are the shared path's (``cmi.features.compute_features``), one
-batch of whole sequences at a time; every feature depends on one sequence only, so batches
-change nothing.
+train.csv is parsed once, in batches, from the start, and a second thread computes the
+features of each batch's complete sequences while the next batch parses: polars keeps about
+one core busy parsing, the features and read_raw_dir's own line checks use the other.
+Validation is exactly ``cmi.schema.read_raw_dir``'s: the parsed rows are its train table, and
+nothing is returned (so nothing written) unless every file validates. The features are the
+shared path's (``cmi.features.compute_features``), one batch of whole sequences at a time;
+every feature depends on one sequence only, so batches change nothing.
 """
 
 from __future__ import annotations
@@ -25,7 +25,13 @@ from cmi.features import FeatureSet, compute_features, prepare_sensor_frame
 from cmi.io import write_with
 from cmi.params import ExtractParams
 from cmi.paths import ProjectPaths
-from cmi.schema import DEMOGRAPHICS_SCHEMA, SchemaError, read_csv_checked, read_raw_dir
+from cmi.schema import (
+    DEMOGRAPHICS_SCHEMA,
+    TRAIN_SCHEMA,
+    SchemaError,
+    read_csv_checked,
+    read_raw_dir,
+)
 from cmi.sequences import sequence_labels, sequences_table
 
 # Rows per parsed batch: ~120 MB of CSV, so the features thread starts early and the batches
@@ -45,7 +51,7 @@ class ExtractOutputs:
 def extract(raw_dir: Path, params: ExtractParams) -> ExtractOutputs:
     """Validate every raw file and compute the features of train.csv's sequences."""
     raw_dir = Path(raw_dir)
-    stream = FeatureStream(raw_dir / "train_demographics.csv", params)
+    stream = FeatureStream(raw_dir, params).start()
     try:
         raw = read_raw_dir(raw_dir, train_reader=stream.read_csv)
     except BaseException:
@@ -78,44 +84,53 @@ _END = object()  # the parse finished: compute what is left
 
 
 class FeatureStream:
-    """A train.csv reader for ``read_raw_dir`` that computes features while it parses.
+    """Parses train.csv and computes its features on two threads of their own, for
+    ``read_raw_dir``, which takes the parsed table through ``read_csv``.
 
-    ``read_csv`` parses the file in batches and hands each to a thread that computes the
-    features of the batch's complete sequences (a sequence cut by a batch boundary waits for
-    the rest of its rows). ``result`` then gives the FeatureSet of the whole table. If the
-    file's layout does not allow batches (a sequence's rows not contiguous) or the validated
-    demographics differ from those the thread used, it computes everything again from the
-    validated table.
+    ``start`` begins parsing at once, in batches, so the parse overlaps read_raw_dir's header
+    and row-shape checks; a second thread computes the features of each batch's complete
+    sequences (a sequence cut by a batch boundary waits for the rest of its rows). read_raw_dir
+    still decides: ``read_csv`` hands it the parsed table, or re-raises the parse error, only
+    when it asks for it, after its own checks. ``result`` then gives the FeatureSet of the
+    whole table; if the file's layout does not allow batches (a sequence's rows not
+    contiguous) or the validated demographics differ from those the thread used, it computes
+    everything again from the validated table.
     """
 
-    def __init__(self, demographics_path: Path, params: ExtractParams) -> None:
-        self._demographics_path = Path(demographics_path)
+    def __init__(self, raw_dir: Path, params: ExtractParams) -> None:
+        self._train_path = Path(raw_dir) / "train.csv"
+        self._demographics_path = Path(raw_dir) / "train_demographics.csv"
         self._params = params
         self._batches: queue.SimpleQueue[pl.DataFrame | object] = queue.SimpleQueue()
+        self._parsed: list[pl.DataFrame] = []
+        self._parse_error: BaseException | None = None
         self._parts: list[FeatureSet] = []
         self._features: FeatureSet | None = None  # of every part, once the parse is done
         self._demographics: pl.DataFrame | None = None
         self._error: BaseException | None = None
         self._cancelled = threading.Event()
-        self._thread = threading.Thread(target=self._compute_batches, name="features")
+        self._parser = threading.Thread(target=self._parse, name="parse")
+        self._computer = threading.Thread(target=self._compute_batches, name="features")
+
+    def start(self) -> FeatureStream:
+        self._parser.start()
+        self._computer.start()
+        return self
 
     def read_csv(self, path: Path, schema: dict[str, type[pl.DataType]]) -> pl.DataFrame:
-        """``pl.read_csv(path, schema=schema)``, parsed in batches that stream to the features
-        thread; parse errors propagate unchanged (read_raw_dir names the bad value)."""
-        self._thread.start()
-        batches: list[pl.DataFrame] = []
-        try:
-            scan = pl.scan_csv(path, schema=schema)
-            for batch in scan.collect_batches(chunk_size=BATCH_ROWS):
-                batches.append(batch)
-                self._batches.put(batch)
-        finally:
-            self._batches.put(_END)
-        return pl.concat(batches) if batches else pl.DataFrame(schema=schema)
+        """``pl.read_csv(path, schema=schema)`` for read_raw_dir: train.csv as the parse
+        thread read it (its parse error, if any, raised here unchanged, so read_raw_dir names
+        the bad value), anything else read now."""
+        if Path(path) != self._train_path or schema != TRAIN_SCHEMA:
+            return pl.read_csv(path, schema=schema)
+        self._parser.join()
+        if self._parse_error is not None:
+            raise self._parse_error
+        return pl.concat(self._parsed) if self._parsed else pl.DataFrame(schema=schema)
 
     def result(self, train: pl.DataFrame, demographics: pl.DataFrame) -> FeatureSet:
         """Features of every sequence of ``train`` (the validated table ``read_csv`` gave)."""
-        self._thread.join()
+        self._computer.join()
         if self._error is not None:
             raise self._error
         features = self._features
@@ -129,11 +144,26 @@ class FeatureStream:
         return features
 
     def cancel(self) -> None:
-        """Stop after the batch in progress (the parse failed, or validation did)."""
+        """Stop both threads (a raw file failed validation): the parse after the batch it is
+        on, the features after the one they are on."""
         self._cancelled.set()
         self._batches.put(_END)
-        if self._thread.is_alive():
-            self._thread.join()
+        for thread in (self._parser, self._computer):
+            if thread.is_alive():
+                thread.join()
+
+    def _parse(self) -> None:
+        try:
+            scan = pl.scan_csv(self._train_path, schema=TRAIN_SCHEMA)
+            for batch in scan.collect_batches(chunk_size=BATCH_ROWS):
+                if self._cancelled.is_set():
+                    break  # dropping the batch iterator stops polars' query
+                self._parsed.append(batch)
+                self._batches.put(batch)
+        except BaseException as err:  # re-raised by read_csv, on the main thread
+            self._parse_error = err
+        finally:
+            self._batches.put(_END)
 
     def _compute_batches(self) -> None:
         try:

@@ -4,6 +4,7 @@ cmi.extract's features-while-parsing give the whole table's features."""
 from __future__ import annotations
 
 import shutil
+import threading
 from pathlib import Path
 
 import polars as pl
@@ -181,3 +182,18 @@ def test_a_bad_sensor_value_names_column_and_row(tiny_raw_dir: Path, tmp_path: P
     bad.write_csv(raw_dir / "train.csv")
     with pytest.raises(SchemaError, match=r"train\.csv: column 'thm_3', data row 4322.*'warm'"):
         extract(raw_dir, ExtractParams())
+
+
+def test_a_truncated_train_file_fails_before_its_parse_is_used(
+    tiny_raw_dir: Path, tmp_path: Path
+) -> None:
+    """train.csv parses from the start, but read_raw_dir's checks come first: a file cut
+    short fails on its ragged last row, and the parse and features threads are stopped."""
+    raw_dir = tmp_path / "raw"
+    shutil.copytree(tiny_raw_dir, raw_dir)
+    text = (raw_dir / "train.csv").read_text()
+    (raw_dir / "train.csv").write_text(text[: len(text) // 2])
+    threads_before = threading.active_count()
+    with pytest.raises(SchemaError, match=r"train\.csv: data row \d+ .*(truncated|ragged)"):
+        extract(raw_dir, ExtractParams())
+    assert threading.active_count() == threads_before
