@@ -106,8 +106,11 @@ def test_each_stage_lists_only_the_params_it_reads() -> None:
     assert sections["folds"] == {"cv"}
     assert sections["lgbm"] == {"cv", "lgbm", "eval"}
     assert sections["torch"] == {"cv", "torch", "eval"}
-    assert sections["oof_blend"] == {"ensemble", "eval"}
-    assert sections["bundle"] == {"extract"}
+    # oof_blend replays every post-processing method; only the bundle reads postprocess.method.
+    assert sections["oof_blend"] == {"ensemble", "eval", "postprocess"}
+    assert "postprocess.method" not in stages["oof_blend"]["params"]
+    assert sections["bundle"] == {"extract", "postprocess"}
+    assert sections["orientation"] == {"cv", "orientation"}
     assert [name for name, keys in sections.items() if "ensemble" in keys] == ["oof_blend"]
     # Thread and worker counts cannot change results (cmi.deps.RESULT_NEUTRAL_PARAMS).
     assert "lgbm.n_jobs" not in stages["lgbm"]["params"]
