@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 
 from cmi.features import FeatureSet, compute_features, prepare_sensor_frame
-from cmi.io import write_with
+from cmi.io import atomic_path, write_with
 from cmi.params import ExtractParams
 from cmi.paths import ProjectPaths
 from cmi.schema import (
@@ -50,26 +50,47 @@ class ExtractOutputs:
 
 def extract(raw_dir: Path, params: ExtractParams) -> ExtractOutputs:
     """Validate every raw file and compute the features of train.csv's sequences."""
-    raw_dir = Path(raw_dir)
-    stream = FeatureStream(raw_dir, params).start()
+    return _extract(FeatureStream(raw_dir, params).start())
+
+
+def extract_to(paths: ProjectPaths, params: ExtractParams) -> ExtractOutputs:
+    """``extract``, and the three tables written to ``paths``. The feature tables are written
+    while the test files still validate, beside their targets, and put in place only once
+    every file has validated: a bad input leaves earlier outputs untouched."""
+    stream = FeatureStream(paths.raw_dir, params, stage_to=paths).start()
+    outputs = _extract(stream)
+    tables = [(outputs.sequences, paths.sequences)]
     try:
-        raw = read_raw_dir(raw_dir, train_reader=stream.read_csv)
+        if not stream.settle_writes(outputs.features):
+            tables += _feature_tables(paths, outputs.features)
+        _write_parquets(tables)
     except BaseException:
-        stream.cancel()  # a bad file: stop computing features nobody will write
+        stream.cancel()
         raise
-    features = stream.result(raw.train, raw.train_demographics)
-    sequences = sequences_table(features.sequences, sequence_labels(raw.train))
+    return outputs
+
+
+def _extract(stream: FeatureStream) -> ExtractOutputs:
+    try:
+        raw = read_raw_dir(stream.raw_dir, train_reader=stream.read_csv)
+        features = stream.result(raw.train, raw.train_demographics)
+        sequences = sequences_table(features.sequences, sequence_labels(raw.train))
+    except BaseException:
+        stream.cancel()  # a bad file: stop the threads, delete what they wrote
+        raise
     return ExtractOutputs(sequences, features)
 
 
-def write_outputs(paths: ProjectPaths, outputs: ExtractOutputs) -> None:
-    """The three tables, each atomically, written side by side (compression and fsync of one
-    overlap the others)."""
-    tables = (
-        (outputs.sequences, paths.sequences),
-        (outputs.features.sequence_features, paths.sequence_features),
-        (outputs.features.frame_features, paths.frame_features),
-    )
+def _feature_tables(paths: ProjectPaths, features: FeatureSet) -> list[tuple[pl.DataFrame, Path]]:
+    return [
+        (features.sequence_features, paths.sequence_features),
+        (features.frame_features, paths.frame_features),
+    ]
+
+
+def _write_parquets(tables: list[tuple[pl.DataFrame, Path]]) -> None:
+    """Each table atomically, side by side (compression and fsync of one overlap the
+    others)."""
     with ThreadPoolExecutor(len(tables)) as pool:
         done = [pool.submit(_write_parquet, frame, target) for frame, target in tables]
         for future in done:
@@ -78,6 +99,42 @@ def write_outputs(paths: ProjectPaths, outputs: ExtractOutputs) -> None:
 
 def _write_parquet(frame: pl.DataFrame, target: Path) -> None:
     write_with(target, lambda tmp: frame.write_parquet(tmp, compression=PARQUET_COMPRESSION))
+
+
+class _Discarded(Exception):
+    """A staged table is not wanted: atomic_path then deletes its temp file."""
+
+
+class _StagedWrite:
+    """A table written now, on a thread of its own, to a temp file beside ``target``, and
+    put in place only by ``settle(True)``; ``settle(False)`` deletes it (cmi.io.atomic_path
+    does both)."""
+
+    def __init__(self, frame: pl.DataFrame, target: Path) -> None:
+        self._decided = threading.Event()
+        self._keep = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._write, args=(frame, target), name="write")
+        self._thread.start()
+
+    def settle(self, keep: bool) -> None:
+        self._keep = keep
+        self._decided.set()
+        self._thread.join()
+        if keep and self._error is not None:
+            raise self._error
+
+    def _write(self, frame: pl.DataFrame, target: Path) -> None:
+        try:
+            with atomic_path(target) as tmp:
+                frame.write_parquet(tmp, compression=PARQUET_COMPRESSION)
+                self._decided.wait()
+                if not self._keep:
+                    raise _Discarded
+        except _Discarded:
+            pass
+        except BaseException as err:  # raised by settle(True), on the main thread
+            self._error = err
 
 
 _END = object()  # the parse finished: compute what is left
@@ -97,10 +154,15 @@ class FeatureStream:
     everything again from the validated table.
     """
 
-    def __init__(self, raw_dir: Path, params: ExtractParams) -> None:
-        self._train_path = Path(raw_dir) / "train.csv"
-        self._demographics_path = Path(raw_dir) / "train_demographics.csv"
+    def __init__(
+        self, raw_dir: Path, params: ExtractParams, stage_to: ProjectPaths | None = None
+    ) -> None:
+        self.raw_dir = Path(raw_dir)
+        self._train_path = self.raw_dir / "train.csv"
+        self._demographics_path = self.raw_dir / "train_demographics.csv"
         self._params = params
+        self._stage_to = stage_to
+        self._staged: list[_StagedWrite] = []
         self._batches: queue.SimpleQueue[pl.DataFrame | object] = queue.SimpleQueue()
         self._parsed: list[pl.DataFrame] = []
         self._parse_error: BaseException | None = None
@@ -151,6 +213,16 @@ class FeatureStream:
         for thread in (self._parser, self._computer):
             if thread.is_alive():
                 thread.join()
+        for staged in self._staged:
+            staged.settle(keep=False)
+
+    def settle_writes(self, features: FeatureSet) -> bool:
+        """Put the feature tables written while the other files validated in place if they
+        are ``features`` (the validated result), else delete them; whether they were."""
+        keep = bool(self._staged) and features is self._features
+        for staged in self._staged:
+            staged.settle(keep)
+        return keep
 
     def _parse(self) -> None:
         try:
@@ -182,6 +254,9 @@ class FeatureStream:
             if self._parts and not self._cancelled.is_set():
                 # here, not in result(): it overlaps with the validation of the other files
                 self._features = _concat(self._parts)
+                if self._stage_to is not None:
+                    tables = _feature_tables(self._stage_to, self._features)
+                    self._staged = [_StagedWrite(frame, target) for frame, target in tables]
         except BaseException as err:  # re-raised by result(), on the main thread
             self._error = err
 

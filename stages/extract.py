@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from cmi.extract import extract, write_outputs
+from cmi.extract import extract_to
 from cmi.params import load_params
 from cmi.paths import ProjectPaths
 from cmi.schema import SchemaError
@@ -33,10 +33,8 @@ def _timed(step: str) -> Iterator[None]:
 def main(root: Path = Path(".")) -> None:
     paths = ProjectPaths(root)
     params = load_params(paths.params).extract
-    with _timed("read + validate raw CSVs, features while parsing"):
-        outputs = extract(paths.raw_dir, params)
-    with _timed("write parquet"):
-        write_outputs(paths, outputs)
+    with _timed("read + validate raw CSVs, features while parsing, write parquet"):
+        outputs = extract_to(paths, params)
     sequences, features = outputs.sequences, outputs.features
     groups = dict(sequences.group_by("sensor_group").len().iter_rows())
     log.info(

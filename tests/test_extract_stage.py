@@ -12,7 +12,7 @@ import pytest
 from pipeline_helpers import copy_project, run_stage
 
 import cmi.extract
-from cmi.extract import extract
+from cmi.extract import extract, extract_to
 from cmi.features import (
     FeatureSet,
     compute_features,
@@ -196,4 +196,39 @@ def test_a_truncated_train_file_fails_before_its_parse_is_used(
     threads_before = threading.active_count()
     with pytest.raises(SchemaError, match=r"train\.csv: data row \d+ .*(truncated|ragged)"):
         extract(raw_dir, ExtractParams())
+    assert threading.active_count() == threads_before
+
+
+def test_feature_tables_written_early_are_discarded_when_a_later_file_fails(
+    tiny_features_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """extract_to writes the feature tables while the other files still validate; a failure
+    after that (here: read_raw_dir failing once they are written) leaves the earlier outputs
+    as they were, no temp file, no thread."""
+    root = copy_project(tiny_features_project, tmp_path / "p")
+    paths = ProjectPaths(root)
+    outputs = [paths.sequences, paths.sequence_features, paths.frame_features]
+    for path in outputs:  # outputs of an earlier run, unlike what this run would write
+        pl.DataFrame({"earlier": [path.name]}).write_parquet(path)
+    before = {p: sha256_file(p) for p in outputs}
+    staged = threading.Event()
+    real_staged_write, real_read_raw_dir = cmi.extract._StagedWrite, cmi.extract.read_raw_dir
+
+    class SpiedStagedWrite(real_staged_write):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: object) -> None:
+            super().__init__(*args)
+            staged.set()
+
+    def read_then_fail(*args: object, **kwargs: object) -> None:
+        real_read_raw_dir(*args, **kwargs)
+        assert staged.wait(timeout=60)
+        raise SchemaError("test_demographics.csv: a late failure")
+
+    monkeypatch.setattr(cmi.extract, "_StagedWrite", SpiedStagedWrite)
+    monkeypatch.setattr(cmi.extract, "read_raw_dir", read_then_fail)
+    threads_before = threading.active_count()
+    with pytest.raises(SchemaError, match="late failure"):
+        extract_to(paths, load_params(paths.params).extract)
+    assert {p: sha256_file(p) for p in outputs} == before
+    assert not list(paths.features_dir.glob(".*.tmp"))
     assert threading.active_count() == threads_before
