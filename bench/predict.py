@@ -161,7 +161,8 @@ def main() -> None:
     result = {
         "bundle": str(bundle_dir),
         "lgbm_folds": len(predictor.lgbm.boosters),
-        "torch_folds": len(predictor.torch_part.folds) if predictor.uses_torch else 0,
+        "torch_folds": predictor.torch_part.n_folds if predictor.uses_torch else 0,
+        "torch_members": len(predictor.torch_part.members) if predictor.uses_torch else 0,
         "sequences": len(batches),
         "sequence_length_median": float(lengths.median()),
         "sequence_length_max": int(lengths.max()),
@@ -200,7 +201,8 @@ def main() -> None:
     print(
         f"predict bench: load {load_s:.2f}s (imports {import_s:.1f}s), "
         f"{len(batches)} sequences with {result['lgbm_folds']} LightGBM + "
-        f"{result['torch_folds']} Torch folds, post-processing {postprocess.method}: "
+        f"{result['torch_folds']} Torch folds ({result['torch_members']} members), "
+        f"post-processing {postprocess.method}: "
         f"median {p['median_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms, max {p['max_ms']:.1f} ms "
         f"(without post-processing, interleaved: median {plain['median_ms']:.1f} ms, "
         f"p99 {plain['p99_ms']:.1f} ms; CPU time median {result['predict_cpu']['median_ms']:.1f}"

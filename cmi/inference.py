@@ -167,6 +167,11 @@ def _self_check(predictor: Predictor, fail_on_torch: bool, strict: bool = False)
     if predictor.uses_torch:
         try:
             predictor.torch_proba(features)
+            if predictor.torch_part is not None and any(
+                m.kind == "imu" for m in predictor.torch_part.members
+            ):  # the IMU-only members serve only IMU-only inputs: run them too
+                imu_only = imu_only_view(probe_sequence())
+                predictor.torch_proba(predictor.features(imu_only, probe_demographics()))
         except Exception as err:
             if fail_on_torch:
                 raise
@@ -260,7 +265,9 @@ def predict_lgbm_proba(sequence: pl.DataFrame, demographics: pl.DataFrame) -> np
 
 
 def predict_torch_proba(sequence: pl.DataFrame, demographics: pl.DataFrame) -> np.ndarray:
-    """(18,) Torch probabilities (mean over folds); raises if the bundle has no Torch part."""
+    """(18,) Torch probabilities: per fold the mean of the members serving the sequence's
+    sensor group (IMU-only inputs: the IMU-only members, if any), then the mean over folds;
+    raises if the bundle has no Torch part."""
     predictor = get_predictor()
     return predictor.torch_proba(predictor.features(sequence, demographics))
 

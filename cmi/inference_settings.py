@@ -6,7 +6,8 @@
 - ``TORCH_BUNDLE_PATH``: a bundle (or its ``torch/`` part) to take the Torch models from;
   its blend weights then apply, since they were fitted with both models;
 - ``ENSEMBLE_W_LGBM`` / ``ENSEMBLE_W_TORCH``: override the bundle's blend weights (all groups);
-- ``LOAD_TORCH_FOLDS_IN_MEMORY``: ``0`` loads each Torch fold from disk on every call;
+- ``LOAD_TORCH_FOLDS_IN_MEMORY``: ``0`` loads each Torch member (every seed and kind of every
+  fold) from disk, re-verified, on every call that uses it;
 - ``FAIL_IF_TORCH_MISSING``: ``1`` makes a missing or failing Torch part an error; by
   default inference falls back to LightGBM alone and logs why;
 - ``BUNDLE_DIGEST``: refuse any bundle (at MODEL_PATH) whose sealed digest is not this one

@@ -1,6 +1,12 @@
 """A loaded bundle and the models it holds, turning one sequence into probabilities.
 
 ``cmi.inference`` builds one ``Predictor`` per process (cached) and answers through it.
+
+Torch, as the torch stage's OOF (``cmi.nn.cv.TorchFold.predictions``): a full-sensor input
+gets, per fold, the mean of the fold's full-input members; an IMU-only input (every thm/ToF
+value null: ``sensor_group`` "imu_only", never -1 "no reflection") the mean of the fold's
+IMU-only members, or of its full-input members where the fold has none. Folds are then
+averaged.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from cmi.bundle import Bundle, BundleError, TorchFold, TorchPart
+from cmi.bundle import Bundle, BundleError, TorchMember, TorchPart
 from cmi.fallback import ANSWERS
 from cmi.inference_settings import InferenceSettings
 from cmi.schema import N_CLASSES
@@ -36,10 +42,22 @@ class TorchUnavailableError(BundleError):
 
 
 @dataclass
-class _TorchFoldModel:
-    fold: TorchFold
+class _TorchInput:
+    """How a member's input is made from the sequence's frame matrix: its channels (columns
+    of the full channel list), scaler and pad_len. Members sharing one (a fold's seeds share
+    the fold's scaler) share the padded array within a call."""
+
+    columns: np.ndarray | None  # indices into TorchPart.channels; None: all of them
+    channels: tuple[str, ...]
     scaler: Any  # cmi.nn.data.Scaler
-    model: Any | None  # TimeSeriesNet when folds are kept in memory
+    pad_len: int
+
+
+@dataclass
+class _TorchMemberModel:
+    member: TorchMember
+    input_key: tuple[str, int, int]  # (kind, fold, pad_len): the _TorchInput it reads
+    model: Any | None  # TimeSeriesNet when members are kept in memory
 
 
 class Predictor:
@@ -65,31 +83,55 @@ class Predictor:
         # Subject-level post-processing (None: the plain argmax, e.g. it failed to set up).
         self.postprocess = postprocess
         self.postprocess_problem: str | None = None  # why post-processing is off, if it is
-        self._torch_folds = self._build_torch(torch_part) if torch_part else []
+        self._torch_inputs: dict[tuple[str, int, int], _TorchInput] = {}
+        # sensor group -> per fold (in fold order) the members that serve it
+        self._serving: dict[str, list[list[_TorchMemberModel]]] = {}
+        if torch_part is not None:
+            self._build_torch(torch_part)
 
     @property
     def uses_torch(self) -> bool:
-        return bool(self._torch_folds)
+        return bool(self._serving)
 
     def disable_torch(self, reason: str) -> None:
-        self._torch_folds = []
+        self._serving = {}
+        self._torch_inputs = {}
         self.torch_problem = reason
 
-    def _build_torch(self, part: TorchPart) -> list[_TorchFoldModel]:
+    def _build_torch(self, part: TorchPart) -> None:
         from cmi.nn.data import Scaler
 
-        folds = []
-        for fold in part.folds:
-            model = self._make_model(fold) if self.settings.torch_folds_in_memory else None
-            folds.append(_TorchFoldModel(fold, Scaler.from_json(fold.scaler), model))
-        return folds
+        models: list[_TorchMemberModel] = []
+        for member in part.members:
+            key = (member.kind, member.fold, member.pad_len)
+            scaler = Scaler.from_json(member.scaler)
+            known = self._torch_inputs.get(key)
+            if known is None:
+                self._torch_inputs[key] = _TorchInput(
+                    _columns(part, member.kind), scaler.channels, scaler, member.pad_len
+                )
+            elif not _same_scaler(known.scaler, scaler):
+                raise BundleError(
+                    f"{member.path}: fold {member.fold} {member.kind} members have different "
+                    "scalers (the torch stage writes one per fold and kind)"
+                )
+            model = self._make_model(member) if self.settings.torch_folds_in_memory else None
+            models.append(_TorchMemberModel(member, key, model))
+        by_fold = [[m for m in models if m.member.fold == k] for k in range(part.n_folds)]
+        full = [[m for m in fold if m.member.kind == "full"] for fold in by_fold]
+        imu = [[m for m in fold if m.member.kind == "imu"] for fold in by_fold]
+        self._serving = {
+            "full": full,
+            # as the OOF's imu_only view: the fold's IMU-only members, else its full ones
+            "imu_only": [i or f for i, f in zip(imu, full, strict=True)],
+        }
 
-    def _make_model(self, fold: TorchFold) -> Any:
+    def _make_model(self, member: TorchMember) -> Any:
         from cmi.nn.model import TimeSeriesNet
 
         assert self.torch_part is not None
-        model = TimeSeriesNet(**self.torch_part.architecture)
-        model.load_state_dict(fold.load_state_dict())
+        model = TimeSeriesNet(**self.torch_part.architecture_of(member.kind))
+        model.load_state_dict(member.load_state_dict())
         return model.eval()
 
     # ---------------------------------------------------------------- features
@@ -124,23 +166,52 @@ class Predictor:
     def lgbm_proba(self, features: Any) -> np.ndarray:
         return _check_proba(self.lgbm_fold_probas(features).mean(axis=0), "LightGBM")
 
-    def torch_fold_probas(self, features: Any) -> np.ndarray:
-        """(n_folds, 18): each Torch fold model on the sequence, with that fold's scaler."""
-        if not self._torch_folds:
+    def torch_members(self, group: str) -> list[list[TorchMember]]:
+        """Per fold (in fold order), the members that serve inputs of sensor ``group``."""
+        return [[m.member for m in fold] for fold in self._serving_fold_models(group)]
+
+    def _serving_fold_models(self, group: str) -> list[list[_TorchMemberModel]]:
+        if not self._serving:
             raise TorchUnavailableError(self.torch_problem or "the bundle has no Torch part")
-        from cmi.nn.data import frame_matrix, pad_frames
+        if group not in self._serving:
+            raise ValueError(f"unknown sensor group {group!r}")
+        return self._serving[group]
+
+    def torch_fold_probas(self, features: Any) -> np.ndarray:
+        """(n_folds, 18): per fold, the mean of the members serving the sequence's sensor
+        group (each with its own channels, scaler and pad_len), as the fold's OOF."""
+        folds = self._serving_fold_models(sensor_group(features))
+        from cmi.nn.data import frame_matrix
         from cmi.nn.predict import network_proba
 
         assert self.torch_part is not None
-        part = self.torch_part
-        matrix = frame_matrix(features.frame_features, part.channels)  # once, not per fold
+        matrix = frame_matrix(features.frame_features, self.torch_part.channels)  # once
+        padded: dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray]] = {}
         rows = []
         with _single_torch_thread():
-            for item in self._torch_folds:
-                x, mask = pad_frames(matrix, item.scaler, item.fold.pad_len, part.keep)
-                model = item.model if item.model is not None else self._make_model(item.fold)
-                rows.append(network_proba(model, x, mask)[0])
+            for fold in folds:
+                probas = []
+                for item in fold:
+                    if item.input_key not in padded:  # a fold's seeds share their input
+                        padded[item.input_key] = self._member_input(matrix, item.input_key)
+                    model = item.model if item.model is not None else self._make_model(item.member)
+                    probas.append(network_proba(model, *padded[item.input_key])[0])
+                rows.append(np.mean(probas, axis=0))
         return np.vstack(rows)
+
+    def _member_input(
+        self, matrix: Any, key: tuple[str, int, int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The padded (1, T, C) input and mask of the members reading ``key``'s input."""
+        from cmi.nn.data import FrameMatrix, pad_frames
+
+        assert self.torch_part is not None
+        spec = self._torch_inputs[key]
+        if spec.columns is not None:  # an IMU-only member: its channels of the full matrix
+            matrix = FrameMatrix(
+                matrix.values[:, spec.columns], matrix.lengths, matrix.ids, spec.channels
+            )
+        return pad_frames(matrix, spec.scaler, spec.pad_len, self.torch_part.keep)
 
     def torch_proba(self, features: Any) -> np.ndarray:
         return _check_proba(self.torch_fold_probas(features).mean(axis=0), "Torch")
@@ -148,7 +219,7 @@ class Predictor:
     def ensemble_proba(self, features: Any) -> np.ndarray:
         """Blend by the sequence's sensor group; LightGBM alone if Torch is off or fails."""
         p_lgbm = self.lgbm_proba(features)
-        if not self._torch_folds:
+        if not self._serving:
             if self.settings.fail_if_torch_missing:
                 raise TorchUnavailableError(self.torch_problem or "no Torch part")
             return p_lgbm
@@ -160,17 +231,21 @@ class Predictor:
             log.warning("Torch failed on this sequence, using LightGBM alone: %r", err)
             ANSWERS.torch_failed(err)
             return p_lgbm
-        group = str(features.sequences.get_column("sensor_group")[0])
-        weights = self.weights.for_group(group)
+        weights = self.weights.for_group(sensor_group(features))
         return _check_proba(weights["lgbm"] * p_lgbm + weights["torch"] * p_torch, "ensemble")
 
     def describe(self) -> str:
-        torch = (
-            f"{len(self._torch_folds)} Torch folds "
-            f"({'in memory' if self.settings.torch_folds_in_memory else 'on demand'})"
-            if self._torch_folds
-            else f"no Torch ({self.torch_problem})"
-        )
+        if self._serving:
+            part = self.torch_part
+            assert part is not None
+            imu = sum(m.kind == "imu" for m in part.members)
+            torch = (
+                f"{len(part.members)} Torch members over {part.n_folds} folds "
+                f"({len(part.members) - imu} full-input, {imu} IMU-only; "
+                f"{'in memory' if self.settings.torch_folds_in_memory else 'on demand'})"
+            )
+        else:
+            torch = f"no Torch ({self.torch_problem})"
         postprocess = (
             self.postprocess.describe() if self.postprocess is not None else "no post-processing"
         )
@@ -178,6 +253,27 @@ class Predictor:
             f"bundle {self.bundle.root}: {len(self.lgbm.boosters)} LightGBM folds, {torch}, "
             f"weights {self.weights.to_json()}, {postprocess}"
         )
+
+
+def sensor_group(features: Any) -> str:
+    """The sequence's sensor group as the feature code found it: "imu_only" when every
+    thm/ToF value is null (a -1 ToF pixel is a reading: "no reflection"), else "full"."""
+    return str(features.sequences.get_column("sensor_group")[0])
+
+
+def _columns(part: TorchPart, kind: str) -> np.ndarray | None:
+    """Where a ``kind`` member's channels sit among the part's (full) channels."""
+    channels = part.channels_of(kind)
+    if channels == part.channels:
+        return None
+    position = {name: i for i, name in enumerate(part.channels)}
+    return np.array([position[name] for name in channels], dtype=np.int64)
+
+
+def _same_scaler(a: Any, b: Any) -> bool:
+    return (
+        a.channels == b.channels and np.array_equal(a.mean, b.mean) and np.array_equal(a.std, b.std)
+    )
 
 
 @contextmanager

@@ -1,6 +1,7 @@
 """DVC stage `bundle`: everything inference needs in one sealed directory (models/bundle):
-the gesture models, the blend weights, the orientation models and the post-processing
-settings (``postprocess.method``, ``mode``, ``combine``).
+the gesture models (every Torch member: seeds, IMU-only models), the blend weights, the
+orientation models and the post-processing settings (``postprocess.method``, ``mode``,
+``combine``).
 
 Prints the bundle's digest (``bundle digest: sha256:...``): `cmi package` pins it in the
 Kaggle notebook, which refuses any other bundle.
@@ -37,11 +38,12 @@ def main(root: Path = Path(".")) -> None:
     )
     size = sum(f["size"] for f in manifest["files"].values())
     log.info(
-        "%s: %d LightGBM folds, %d Torch folds, %d orientation folds, post-processing %s "
-        "(%s), %d files, %.1f MB",
+        "%s: %d LightGBM folds, %d Torch folds (%d members), %d orientation folds, "
+        "post-processing %s (%s), %d files, %.1f MB",
         paths.bundle_dir,
         manifest["lgbm"]["n_folds"],
         manifest["torch"]["n_folds"] if manifest["torch"] else 0,
+        len(manifest["torch"]["members"]) if manifest["torch"] else 0,
         manifest["orientation"]["n_folds"] if manifest["orientation"] else 0,
         pp.method,
         pp.mode,

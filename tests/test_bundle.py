@@ -46,8 +46,12 @@ def write_fake_models(
     with_torch: bool = True,
     blend: dict | None = None,
     with_orientation: bool = True,
+    seeds: tuple[int, ...] = (),
+    imu_only_model: bool = False,
 ) -> ProjectPaths:
-    """models/{lgbm,torch,blend,orientation} in the contract's formats, from fake models."""
+    """models/{lgbm,torch,blend,orientation} in the contract's formats, from fake models;
+    ``seeds`` / ``imu_only_model`` write Torch members as torch.seeds / torch.imu_only_model
+    make the torch stage write them."""
     extract = extract or ExtractParams()
     paths = ProjectPaths(root)
     names = sequence_feature_names(extract)
@@ -81,30 +85,7 @@ def write_fake_models(
         paths.lgbm_dir / "meta.json",
     )
     if with_torch:
-        channels = frame_channels(extract)
-        arch = architecture_kwargs(len(channels), [8, 8], 8, 8, 0.1)
-        paths.torch_dir.mkdir(parents=True, exist_ok=True)
-        for k in range(n_folds):
-            torch.manual_seed(k)
-            torch.save(TimeSeriesNet(**arch).state_dict(), paths.torch_dir / f"fold_{k}.pt")
-            scaler = {
-                "channels": channels,
-                "mean": rng.normal(size=len(channels)).tolist(),
-                "std": (1 + rng.random(len(channels))).tolist(),
-                "pad_len": FAKE_PAD_LEN - k,
-            }
-            write_json(scaler, paths.torch_dir / f"fold_{k}_scaler.json")
-        write_json(
-            {
-                "n_folds": n_folds,
-                "channels": channels,
-                "pad_len": FAKE_PAD_LEN,
-                "keep": "end",
-                "architecture": arch,
-                "classes": list(GESTURES),
-            },
-            paths.torch_dir / "meta.json",
-        )
+        write_fake_torch(paths, extract, n_folds, rng, seeds, imu_only_model)
     blend = blend or {
         "default": {"lgbm": 0.4, "torch": 0.6},
         "by_sensor_group": None,
@@ -114,6 +95,66 @@ def write_fake_models(
     if with_orientation:
         write_fake_orientation(paths, names, n_folds)
     return paths
+
+
+def write_fake_torch(
+    paths: ProjectPaths,
+    extract: ExtractParams,
+    n_folds: int,
+    rng: np.random.Generator,
+    seeds: tuple[int, ...] = (),
+    imu_only_model: bool = False,
+) -> None:
+    """models/torch as the torch stage writes it (``cmi.nn.outputs``): per member
+    ``<name>.pt`` (untrained nets, each its own init), per fold and kind one scaler json,
+    meta.json listing every member in ``models``."""
+    from cmi.nn.members import Member, imu_channels
+
+    channels = frame_channels(extract)
+    imu = imu_channels(channels)
+    specs = {"full": (channels, architecture_kwargs(len(channels), [8, 8], 8, 8, 0.1))}
+    if imu_only_model:
+        specs["imu"] = (imu, architecture_kwargs(len(imu), [8, 8], 8, 8, 0.1))
+    paths.torch_dir.mkdir(parents=True, exist_ok=True)
+    models = []
+    for k in range(n_folds):
+        mean = rng.normal(size=len(channels))
+        std = 1 + rng.random(len(channels))
+        for kind, (own, arch) in specs.items():
+            keep = [channels.index(c) for c in own]
+            scaler = {
+                "channels": own,
+                "mean": mean[keep].tolist(),
+                "std": std[keep].tolist(),
+                "pad_len": FAKE_PAD_LEN - k,
+            }
+            scaler_name = f"fold_{k}_imu_scaler.json" if kind == "imu" else f"fold_{k}_scaler.json"
+            write_json(scaler, paths.torch_dir / scaler_name)
+            for index, seed in enumerate(seeds or (0,)):
+                member = Member(k, seed, index, kind)  # type: ignore[arg-type]
+                torch.manual_seed(k + 100 * index + (1000 if kind == "imu" else 0))
+                torch.save(
+                    TimeSeriesNet(**arch).state_dict(), paths.torch_dir / f"{member.name}.pt"
+                )
+                models.append(
+                    {"fold": k, "kind": kind, "seed": seed, "weights": f"{member.name}.pt",
+                     "scaler": scaler_name, "best_epoch": 1, "best_inner_score": 0.5,
+                     "selected_by": member.selected_by}
+                )  # fmt: skip
+    meta = {
+        "n_folds": n_folds,
+        "channels": channels,
+        "pad_len": FAKE_PAD_LEN,
+        "keep": "end",
+        "architecture": specs["full"][1],
+        "classes": list(GESTURES),
+        "seeds": list(seeds or (0,)),
+        "imu_only_model": imu_only_model,
+        "models": models,
+    }
+    if imu_only_model:
+        meta["imu_model"] = {"channels": imu, "architecture": specs["imu"][1], "selection": "x"}
+    write_json(meta, paths.torch_dir / "meta.json")
 
 
 def write_fake_orientation(paths: ProjectPaths, feature_names: list[str], n_folds: int) -> None:
@@ -158,14 +199,19 @@ def build_fake_bundle(
     blend: dict | None = None,
     postprocess: str = "assignment",
     with_orientation: bool = True,
+    seeds: tuple[int, ...] = (),
+    imu_only_model: bool = False,
 ) -> Path:
-    """A bundle from fake models at ``root / 'bundle'``, applying ``postprocess``."""
+    """A bundle from fake models at ``root / 'bundle'``, applying ``postprocess`` (the fake
+    Torch models at ``root / 'models_src/models/torch'``)."""
     paths = write_fake_models(
         root / "models_src",
         n_folds=n_folds,
         with_torch=with_torch,
         blend=blend,
         with_orientation=with_orientation,
+        seeds=seeds,
+        imu_only_model=imu_only_model,
     )
     out = root / "bundle"
     build_bundle(
@@ -209,9 +255,9 @@ def _relist(bundle: Path, rel: str, new_rel: str | None = None) -> None:
         entry = manifest["files"].pop(rel)
         entry.update(sha256=sha256_file(bundle / new_rel), size=(bundle / new_rel).stat().st_size)
         manifest["files"][new_rel] = entry
-        for fold in manifest["torch"]["folds"]:
-            if fold["weights"] == rel:
-                fold["weights"] = new_rel
+        for member in manifest["torch"]["members"]:
+            if member["weights"] == rel:
+                member["weights"] = new_rel
 
     _rewrite_manifest(bundle, edit)
 
@@ -239,9 +285,11 @@ def test_manifest_describes_everything(fake_bundle: Path) -> None:
     section = manifest["torch"]
     assert section["channels"] == frame_channels(ExtractParams())
     assert section["pad_len"] == FAKE_PAD_LEN and section["keep"] == "end"
-    assert [f["pad_len"] for f in section["folds"]] == [FAKE_PAD_LEN, FAKE_PAD_LEN - 1]
+    assert [m["pad_len"] for m in section["members"]] == [FAKE_PAD_LEN, FAKE_PAD_LEN - 1]
+    assert [(m["fold"], m["kind"]) for m in section["members"]] == [(0, "full"), (1, "full")]
+    assert section["imu_model"] is None
     assert section["architecture"]["conv_channels"] == [8, 8]
-    assert set(section["folds"][0]["scaler"]) >= {"channels", "mean", "std"}
+    assert set(section["members"][0]["scaler"]) >= {"channels", "mean", "std"}
     assert manifest["blend"]["default"] == {"lgbm": 0.4, "torch": 0.6}
     assert set(manifest["versions"]) >= {"cmi", "lightgbm", "torch", "polars", "numpy"}
 
@@ -265,11 +313,11 @@ def test_loaded_weights_equal_the_trained_ones(fake_bundle: Path) -> None:
     bundle = load_bundle(fake_bundle)
     assert bundle.has_torch and len(bundle.lgbm.boosters) == 2
     original = load_state_dict_file(fake_bundle.parent / "models_src/models/torch/fold_1.pt")
-    loaded = bundle.torch.folds[1].state_dict
+    loaded = bundle.torch.members[1].state_dict
     assert original.keys() == loaded.keys()
     for name, tensor in original.items():
         assert torch.equal(tensor, loaded[name])
-    lazy = load_bundle(fake_bundle, torch_in_memory=False).torch.folds[1]
+    lazy = load_bundle(fake_bundle, torch_in_memory=False).torch.members[1]
     assert lazy.state_dict is None
     assert torch.equal(lazy.load_state_dict()["head.4.weight"], original["head.4.weight"])
 
@@ -313,19 +361,159 @@ def test_bundle_stage_script(tmp_path: Path) -> None:
     assert len(bundle.orientation.boosters) == 2  # shipped whatever the method: an env may ask
 
 
-def test_torch_members_the_bundle_cannot_ship_are_refused(tmp_path: Path) -> None:
-    """meta.json of a torch run with torch.seeds lists more than one model per fold: shipping
-    only fold_k.pt would make inference differ from the OOF that scored the members."""
+# ------------------------------------------------------------------------ Torch members
+
+MEMBER_NAMES = ["fold_{k}", "fold_{k}_seed_2", "fold_{k}_imu", "fold_{k}_imu_seed_2"]
+
+
+@pytest.fixture(scope="module")
+def members_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Read-only: torch.seeds [1, 2] and IMU-only models, two folds."""
+    root = tmp_path_factory.mktemp("members_bundle")
+    return build_fake_bundle(root, seeds=(1, 2), imu_only_model=True)
+
+
+def test_every_torch_member_is_shipped_checksummed_and_sealed(members_bundle: Path) -> None:
+    from cmi.nn.members import imu_channels
+    from cmi.nn.model import load_state_dict_file
+
+    manifest = read_json(members_bundle / MANIFEST_NAME)
+    section = manifest["torch"]
+    names = [name.format(k=k) for k in range(2) for name in MEMBER_NAMES]
+    assert [m["weights"] for m in section["members"]] == [f"torch/{n}.safetensors" for n in names]
+    assert [(m["fold"], m["kind"], m["seed"]) for m in section["members"]] == [
+        (k, kind, seed) for k in range(2) for kind in ("full", "imu") for seed in (1, 2)
+    ]
+    imu = imu_channels(frame_channels(ExtractParams()))
+    assert section["imu_model"]["channels"] == imu
+    assert section["imu_model"]["architecture"]["n_channels"] == len(imu)
+    for m in section["members"]:
+        assert m["scaler"]["channels"] == (imu if m["kind"] == "imu" else section["channels"])
+        assert m["pad_len"] == FAKE_PAD_LEN - m["fold"]
+        assert manifest["files"][m["weights"]]["sha256"] == sha256_file(
+            members_bundle / m["weights"]
+        )
+    assert "torch.members" in manifest["seal"]["hashes"]
+
+    source = members_bundle.parent / "models_src" / "models" / "torch"
+    bundle = load_bundle(members_bundle)
+    assert len(bundle.torch.members) == 8 and bundle.torch.imu_channels == imu
+    for name, member in zip(names, bundle.torch.members, strict=True):
+        original = load_state_dict_file(source / f"{name}.pt")
+        assert original.keys() == member.state_dict.keys()
+        assert all(torch.equal(t, member.state_dict[key]) for key, t in original.items())
+    # Each member is its own net (the average is not of copies).
+    first, second = bundle.torch.members[0].state_dict, bundle.torch.members[1].state_dict
+    assert not torch.equal(first["head.4.weight"], second["head.4.weight"])
+
+
+def test_a_tampered_or_unlisted_member_is_refused(members_bundle: Path, tmp_path: Path) -> None:
+    copy = Path(shutil.copytree(members_bundle, tmp_path / "bundle"))
+    weights = copy / "torch" / "fold_1_imu_seed_2.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"fold_1_imu_seed_2\.safetensors: checksum mismatch"):
+        load_bundle(copy)
+    # A member dropped from the manifest (resealed) would silently leave the average.
+    copy = Path(shutil.copytree(members_bundle, tmp_path / "dropped"))
+    _rewrite_manifest(copy, lambda m: m["torch"]["members"].pop())
+    with pytest.raises(BundleError, match=r"fold_1_imu_seed_2\.safetensors'\] are used by no"):
+        load_bundle(copy)
+
+
+def _rewrite_members(bundle: Path, edit) -> None:
+    _rewrite_manifest(bundle, lambda m: edit(m["torch"]))
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("imu member without imu_model", r"IMU-only member .* but no torch\.imu_model"),
+        ("imu member with the full scaler", r"scaler channels of Torch member .* imu model"),
+        ("fold without a full member", r"fold\(s\) \[1\] have no full-input member"),
+        ("member listed twice", r"listed twice"),
+        ("unknown kind", r"kind 'tof' fold 0"),
+        ("imu channels not among the channels", r"imu_model channels must be a non-empty subset"),
+    ],
+)
+def test_a_malformed_members_section_is_refused(
+    members_bundle: Path, tmp_path: Path, case: str, message: str
+) -> None:
+    copy = Path(shutil.copytree(members_bundle, tmp_path / "bundle"))
+
+    def edit(section: dict) -> None:
+        members = section["members"]
+        if case == "imu member without imu_model":
+            section["imu_model"] = None
+        elif case == "imu member with the full scaler":
+            members[2]["scaler"] = members[0]["scaler"]
+        elif case == "fold without a full member":
+            for m in members:
+                if m["fold"] == 1 and m["kind"] == "full":
+                    m.update(kind="imu", seed=m["seed"] + 10, scaler=members[2]["scaler"])
+        elif case == "member listed twice":
+            members[1]["seed"] = members[0]["seed"]
+        elif case == "unknown kind":
+            members[0]["kind"] = "tof"
+        else:
+            section["imu_model"]["channels"] = ["no_such_channel"]
+
+    _rewrite_members(copy, edit)
+    with pytest.raises(BundleError, match=message):
+        load_bundle(copy)
+    assert load_bundle(copy, parts=("lgbm",)).torch is None  # LightGBM alone still loads
+
+
+def test_the_builder_ships_what_meta_json_lists_and_nothing_else(tmp_path: Path) -> None:
+    paths = write_fake_models(tmp_path / "src", seeds=(1, 2), imu_only_model=True)
+    args = (paths.lgbm_dir, paths.torch_dir, paths.blend_dir / "weights.json", ExtractParams())
+    meta = read_json(paths.torch_dir / "meta.json")
+
+    def build_with(edited: dict) -> None:
+        write_json(edited, paths.torch_dir / "meta.json")
+        build_bundle(tmp_path / "bundle", *args, postprocess=PostprocessSettings("none"))
+
+    # A weights file meta.json does not list (another run's?) would be left out: refused.
+    listed = [m for m in meta["models"] if m["weights"] != "fold_0_seed_2.pt"]
+    with pytest.raises(BundleError, match=r"\['fold_0_seed_2\.pt'\] are not listed in 'models'"):
+        build_with({**meta, "models": listed})
+    # IMU-only members without the imu_model section that describes them.
+    with pytest.raises(BundleError, match=r"kind 'imu' fold 0 .*\['full'\]"):
+        build_with({key: v for key, v in meta.items() if key != "imu_model"})
+    # A member whose weights do not fit its kind's architecture.
+    swapped = [dict(m) for m in meta["models"]]
+    swapped[2]["weights"], swapped[0]["weights"] = swapped[0]["weights"], swapped[2]["weights"]
+    with pytest.raises(
+        BundleError, match=r"fold_0_imu\.pt: does not fit meta\.json's full architecture"
+    ):
+        build_with({**meta, "models": swapped})
+    # A fold whose members are all IMU-only could not serve full-sensor inputs.
+    no_full = [m for m in meta["models"] if not (m["fold"] == 1 and m["kind"] == "full")]
+    for name in ("fold_1.pt", "fold_1_seed_2.pt"):
+        (paths.torch_dir / name).unlink()
+    with pytest.raises(BundleError, match=r"fold\(s\) \[1\] have no full-input member"):
+        build_with({**meta, "models": no_full})
+    assert not (tmp_path / "bundle").exists()  # no failed build left anything behind
+
+
+def test_a_torch_meta_from_before_members_still_builds(tmp_path: Path) -> None:
+    """meta.json without ``models``: one full-input model per fold, fold_{k}.pt."""
     paths = write_fake_models(tmp_path / "src")
     meta = read_json(paths.torch_dir / "meta.json")
-    one_per_fold = [{"fold": k, "kind": "full", "weights": f"fold_{k}.pt"} for k in range(2)]
-    write_json({**meta, "models": one_per_fold}, paths.torch_dir / "meta.json")
-    args = (paths.lgbm_dir, paths.torch_dir, paths.blend_dir / "weights.json", ExtractParams())
-    build_bundle(tmp_path / "ok", *args, orientation_dir=paths.orientation_dir)
-    seeds = [*one_per_fold, {"fold": 0, "kind": "full", "weights": "fold_0_seed_7.pt"}]
-    write_json({**meta, "models": seeds}, paths.torch_dir / "meta.json")
-    with pytest.raises(BundleError, match=r"1 Torch member\(s\) beyond one model per fold"):
-        build_bundle(tmp_path / "bundle", *args, orientation_dir=paths.orientation_dir)
+    write_json({k: v for k, v in meta.items() if k != "models"}, paths.torch_dir / "meta.json")
+    build_bundle(
+        tmp_path / "bundle",
+        paths.lgbm_dir,
+        paths.torch_dir,
+        paths.blend_dir / "weights.json",
+        ExtractParams(),
+    )
+    members = load_bundle(tmp_path / "bundle").torch.members
+    assert [(m.fold, m.kind, m.path.name) for m in members] == [
+        (0, "full", "fold_0.safetensors"),
+        (1, "full", "fold_1.safetensors"),
+    ]
 
 
 # ------------------------------------------------------------------ orientation, post-processing
@@ -443,11 +631,16 @@ def test_stray_pickle_is_refused(bundle_copy: Path) -> None:
 
 def test_wrong_format_version_is_refused(bundle_copy: Path) -> None:
     _rewrite_manifest(bundle_copy, lambda m: m.update(format_version=FORMAT_VERSION + 1))
-    with pytest.raises(BundleError, match=r"manifest\.json: format_version 3 is not supported"):
+    newer = rf"manifest\.json: format_version {FORMAT_VERSION + 1} is not supported"
+    with pytest.raises(BundleError, match=newer):
         load_bundle(bundle_copy)
-    # An unsealed bundle of the previous format is refused as such (rebuild it).
+    # An unsealed bundle of the first format is refused as such (rebuild it).
     _rewrite_manifest(bundle_copy, lambda m: m.update(format_version=1), reseal=False)
     with pytest.raises(BundleError, match=r"format_version 1 is not supported.*rebuild"):
+        load_bundle(bundle_copy)
+    # So is a sealed one of the format before Torch members (one model per fold).
+    _rewrite_manifest(bundle_copy, lambda m: m.update(format_version=2))
+    with pytest.raises(BundleError, match=r"format_version 2 is not supported.*rebuild"):
         load_bundle(bundle_copy)
 
 
@@ -493,7 +686,7 @@ def _edit_value(manifest: dict, dotted: str, value) -> None:
 
 # Each edit would load without a word before the seal (and change what inference computes).
 SEAL_EDITS = {
-    "scaler mean": ("torch.folds.0.scaler.mean", [0.0] * 3, "torch.folds"),
+    "scaler mean": ("torch.members.0.scaler.mean", [0.0] * 3, "torch.members"),
     "pad_len": ("torch.pad_len", 7, "torch.pad_len"),
     "blend weights": ("blend.default", {"lgbm": 0.9, "torch": 0.1}, "blend.default"),
     "feature order": ("lgbm.feature_names", None, "lgbm.feature_names"),

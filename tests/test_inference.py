@@ -347,7 +347,7 @@ def test_weight_overrides_and_lazy_folds(bundles, use_bundle, kaggle_test) -> No
 
     use_bundle(bundles["full"], LOAD_TORCH_FOLDS_IN_MEMORY="0")
     predictor = inference.get_predictor()
-    assert all(fold.model is None for fold in predictor._torch_folds)
+    assert all(m.model is None for fold in predictor._serving["full"] for m in fold)
     np.testing.assert_allclose(inference.predict_torch_proba(sequence, demographics), p_torch)
 
     for name, value in (("ENSEMBLE_W_TORCH", "-1"), ("ENSEMBLE_W_LGBM", "lots")):
@@ -404,6 +404,195 @@ def test_inference_reproduces_each_folds_oof(tiny_trained_project: Path, use_bun
         np.testing.assert_allclose(
             predictor.torch_fold_probas(features)[fold], expected["torch"], atol=1e-6
         )
+
+
+@pytest.fixture(scope="module")
+def member_bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Read-only fake bundles with Torch members: two seeds per fold with and without
+    IMU-only models (their source models under ``<bundle>/../models_src/models/torch``)."""
+    return {
+        "members": build_fake_bundle(
+            tmp_path_factory.mktemp("members"), seeds=(1, 2), imu_only_model=True
+        ),
+        "seeds": build_fake_bundle(tmp_path_factory.mktemp("seeds"), seeds=(1, 2)),
+    }
+
+
+def _members_mean(torch_dir: Path, entries: list[dict], frames: pl.DataFrame) -> np.ndarray:
+    """(n_members, 18) probabilities of one sequence by the torch stage's own loader and data
+    path (cmi.nn.predict.load_member_model, to_padded), independent of the bundle's."""
+    from cmi.nn.data import to_padded
+    from cmi.nn.predict import load_member_model, network_proba
+
+    probas = []
+    for entry in entries:
+        fm = load_member_model(torch_dir, entry)
+        x, mask, _ = to_padded(frames, fm.channels, fm.scaler, fm.pad_len, fm.keep)
+        probas.append(network_proba(fm.model, x, mask)[0])
+    return np.array(probas)
+
+
+@pytest.mark.parametrize("in_memory", ["1", "0"])
+def test_inference_averages_every_member_serving_the_input(
+    member_bundles, use_bundle, kaggle_test, in_memory: str
+) -> None:
+    """Full-sensor input (also with every ToF pixel -1, "no reflection"): per fold the mean of
+    the full-input seeds; IMU-only input (thm/ToF null): the mean of the IMU-only seeds."""
+    from cmi.nn.predict import member_entries
+
+    bundle = member_bundles["members"]
+    torch_dir = bundle.parent / "models_src" / "models" / "torch"
+    entries = member_entries(torch_dir)
+    use_bundle(bundle, LOAD_TORCH_FOLDS_IN_MEMORY=in_memory)
+    predictor = inference.load(strict=True)
+    assert "8 Torch members over 2 folds (4 full-input, 4 IMU-only" in predictor.describe()
+    sequence, demographics = _one(kaggle_test)
+    all_far = sequence.with_columns(pl.lit(-1.0).alias(c) for c in TOF_COLUMNS)
+    cases = {
+        "full": (sequence, "full"),
+        "tof_all_minus_one": (all_far, "full"),
+        "imu_only": (_null(sequence, THM_COLUMNS + TOF_COLUMNS), "imu"),
+    }
+    answers = {}
+    for case, (frame, kind) in cases.items():
+        features = predictor.features(frame, demographics)
+        by_fold = predictor.torch_fold_probas(features)
+        assert by_fold.shape == (2, N_CLASSES)
+        for k in range(2):
+            members = [e for e in entries if e["fold"] == k and e["kind"] == kind]
+            assert len(members) == 2
+            probas = _members_mean(torch_dir, members, features.frame_features)
+            assert not np.allclose(probas[0], probas[1], atol=1e-4)  # two members, two answers
+            np.testing.assert_allclose(by_fold[k], probas.mean(axis=0), atol=1e-6, err_msg=case)
+        answers[case] = inference.predict_torch_proba(frame, demographics)
+        np.testing.assert_allclose(answers[case], by_fold.mean(axis=0), rtol=1e-9)
+    assert not np.allclose(answers["full"], answers["imu_only"], atol=1e-4)
+    kinds = {
+        group: {m.kind for fold in predictor.torch_members(group) for m in fold}
+        for group in ("full", "imu_only")
+    }
+    assert kinds == {"full": {"full"}, "imu_only": {"imu"}}
+
+
+def test_without_imu_only_models_imu_only_input_gets_the_full_seeds(
+    member_bundles, use_bundle, kaggle_test
+) -> None:
+    from cmi.nn.predict import member_entries
+
+    bundle = member_bundles["seeds"]
+    torch_dir = bundle.parent / "models_src" / "models" / "torch"
+    use_bundle(bundle)
+    predictor = inference.load(strict=True)
+    sequence, demographics = _one(kaggle_test)
+    features = predictor.features(_null(sequence, THM_COLUMNS + TOF_COLUMNS), demographics)
+    assert features.sequences["sensor_group"][0] == "imu_only"
+    by_fold = predictor.torch_fold_probas(features)
+    for k in range(2):
+        members = [e for e in member_entries(torch_dir) if e["fold"] == k]
+        assert [e["kind"] for e in members] == ["full", "full"]
+        expected = _members_mean(torch_dir, members, features.frame_features).mean(axis=0)
+        np.testing.assert_allclose(by_fold[k], expected, atol=1e-6)
+
+
+def test_imu_only_members_that_fail_are_found_at_load_time(
+    member_bundles, use_bundle, tmp_path: Path
+) -> None:
+    """IMU-only members serve only IMU-only inputs: the load-time probe runs them too, so a
+    broken one switches Torch off (or fails a strict load) before the first answer, even with
+    members loaded on demand."""
+    from test_bundle import _rewrite_manifest
+
+    broken = Path(shutil.copytree(member_bundles["members"], tmp_path / "broken"))
+    _rewrite_manifest(
+        broken, lambda m: m["torch"]["imu_model"]["architecture"].update(gru_hidden=4)
+    )
+    for in_memory in ("0", "1"):
+        use_bundle(broken, LOAD_TORCH_FOLDS_IN_MEMORY=in_memory)
+        predictor = inference.load()
+        assert not predictor.uses_torch and "size mismatch" in predictor.torch_problem
+        with pytest.raises(RuntimeError, match="size mismatch"):
+            inference.load(strict=True)
+
+
+# Small: every member of every fold trains (5 folds x 2 seeds x 2 kinds).
+MEMBERS_TORCH = {"epochs": 1, "seeds": [1, 2], "imu_only_model": True}
+
+
+@pytest.fixture(scope="module")
+def tiny_members_project(
+    tiny_trained_project: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The trained tiny project with the torch stage rerun under torch.seeds [1, 2] and
+    torch.imu_only_model, then oof_blend and bundle."""
+    import yaml
+    from pipeline_helpers import copy_project, run_stage
+
+    root = copy_project(tiny_trained_project, tmp_path_factory.mktemp("tiny_members") / "p")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["torch"].update(MEMBERS_TORCH)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for script in ("train_torch.py", "oof_blend.py", "bundle.py"):
+        run_stage(script, root)
+    return root
+
+
+@pytest.mark.slow
+def test_inference_reproduces_each_folds_oof_with_every_member(
+    tiny_members_project: Path, use_bundle
+) -> None:
+    """With two seeds and IMU-only models per fold, raw train rows through the inference path
+    give, fold by fold, the torch OOF of both views: the full view (the full-input seeds)
+    for a sequence as recorded, the imu_only view (the IMU-only seeds) for it with thm/ToF
+    nulled and for natively IMU-only sequences."""
+    from cmi.schema import PROBA_COLUMNS
+
+    root = tiny_members_project
+    use_bundle(root / "models" / "bundle")
+    predictor = inference.load(strict=True)
+    members = predictor.torch_part.members
+    n_folds = predictor.torch_part.n_folds
+    assert len(members) == 4 * n_folds
+    assert {(m.kind, m.seed) for m in members} == {
+        (kind, seed) for kind in ("full", "imu") for seed in (1, 2)
+    }
+    train = pl.read_csv(root / "data" / "raw" / "train.csv")
+    demographics = pl.read_csv(root / "data" / "raw" / "train_demographics.csv")
+    oof = pl.read_parquet(root / "data" / "oof" / "torch.parquet")
+    sample = (
+        oof.filter(pl.col("view") == "imu_only")
+        .group_by("fold", "sensor_group", maintain_order=True)
+        .head(2)
+        .sort("fold", "sequence_id")
+    )
+    # Every fold; natively IMU-only sequences where tiny data has some (not in every fold).
+    assert set(sample["fold"]) == set(range(n_folds))
+    assert set(sample["sensor_group"]) == {"full", "imu_only"}
+    checked = {"full": 0, "imu_only": 0}
+    for sequence_id, fold, group in sample.select(
+        "sequence_id", "fold", "sensor_group"
+    ).iter_rows():
+        sequence = train.filter(pl.col("sequence_id") == sequence_id)
+        demo = demographics.filter(pl.col("subject") == sequence["subject"][0])
+        views = {"imu_only": _null(sequence, THM_COLUMNS + TOF_COLUMNS)}
+        if group == "full":
+            views["full"] = sequence
+        for view, frame in views.items():
+            features = predictor.features(frame, demo)
+            assert features.sequences["sensor_group"][0] == view
+            expected = (
+                oof.filter((pl.col("sequence_id") == sequence_id) & (pl.col("view") == view))
+                .select(PROBA_COLUMNS)
+                .to_numpy()[0]
+            )
+            np.testing.assert_allclose(
+                predictor.torch_fold_probas(features)[fold],
+                expected,
+                atol=1e-6,
+                err_msg=f"{sequence_id} fold {fold} view {view}",
+            )
+            checked[view] += 1
+    natively_imu_only = int((sample["sensor_group"] == "imu_only").sum())
+    assert checked == {"full": len(sample) - natively_imu_only, "imu_only": len(sample)}
 
 
 def test_bundles_that_do_not_fit_this_feature_code(

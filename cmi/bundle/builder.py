@@ -6,10 +6,15 @@ Layout written::
     manifest.json                 format, classes, extract params, models, blend, versions,
                                   sha256 + size of every other file, and the seal
     lgbm/fold_{k}.txt             LightGBM text models
-    torch/fold_{k}.safetensors    TimeSeriesNet state_dicts (optional part)
+    torch/<member>.safetensors    TimeSeriesNet state_dicts (optional part), one per member
+                                  the torch stage trained: fold_{k} (first seed),
+                                  fold_{k}_seed_{s}, fold_{k}_imu, fold_{k}_imu_seed_{s}
     orientation/fold_{k}.txt      the orientation classifier's LightGBM text models (optional
                                   part; post-processing's "assignment" method needs it)
 
+The manifest's ``torch.members`` lists every member of meta.json's ``models`` (each with its
+scaler and pad_len), so inference averages exactly the members the OOF averaged; a weights
+file meta.json does not list is refused rather than left out.
 The manifest's ``postprocess`` section (method, mode, combine) says which subject-level
 post-processing inference applies (SUBJECT_POSTPROCESS can override it at load time).
 """
@@ -23,11 +28,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from cmi.bundle.files import MANIFEST_NAME, BundleError
 from cmi.bundle.reader import (
     FORMAT_NAME,
     FORMAT_VERSION,
-    MANIFEST_NAME,
-    BundleError,
     PostprocessSettings,
     check_classes,
     library_versions,
@@ -84,51 +88,122 @@ def _copy_orientation(orientation_dir: Path, staging: Path) -> dict[str, Any]:
     }
 
 
-def _convert_torch(torch_dir: Path, staging: Path) -> dict[str, Any]:
+def _member_entries(meta: dict[str, Any], meta_path: Path) -> list[dict[str, Any]]:
+    """meta.json's ``models`` (one entry per member file); a meta.json written before members
+    existed has one full-input model per fold (fold_{k}.pt, fold_{k}_scaler.json)."""
+    if "models" not in meta:
+        n_folds = int(meta["n_folds"])
+        return [{"fold": k, "kind": "full", "weights": f"fold_{k}.pt"} for k in range(n_folds)]
+    entries = [dict(entry) for entry in meta["models"]]
+    for entry in entries:
+        for key in ("weights", "scaler"):
+            name = str(entry.get(key) or "")
+            # Plain file names beside meta.json: nothing outside the torch stage's folder.
+            if not name or Path(name).name != name:
+                raise BundleError(f"{meta_path}: member {entry}: bad {key} file name {name!r}")
+    return entries
+
+
+def _check_listed(torch_dir: Path, entries: list[dict[str, Any]], meta_path: Path) -> None:
+    """Every weights file of the torch stage is a listed member: one left out would make
+    inference differ from the OOF, which averaged it."""
+    listed = {entry["weights"] for entry in entries}
+    unlisted = sorted(p.name for p in torch_dir.glob("fold_*.pt") if p.name not in listed)
+    if unlisted:
+        raise BundleError(
+            f"{meta_path}: weights {unlisted[:5]} are not listed in 'models'; rerun the torch "
+            "stage (meta.json and the weights come from different runs)"
+        )
+
+
+def _convert_member(
+    torch_dir: Path, entry: dict[str, Any], spec: dict[str, Any], staging: Path, meta: dict
+) -> dict[str, Any]:
+    """One member's weights as safetensors in ``staging/torch`` and its manifest entry."""
     import safetensors.torch
 
     from cmi.nn.model import TimeSeriesNet, load_state_dict_file
 
+    scaler_name = entry.get("scaler") or f"fold_{entry['fold']}_scaler.json"
+    weights, scaler_path = torch_dir / entry["weights"], torch_dir / scaler_name
+    for path in (weights, scaler_path):
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: Torch file of fold {entry['fold']} not found")
+    state = load_state_dict_file(weights)  # weights_only=True: never unpickles code
+    try:
+        # strict: a mismatch fails now, not on Kaggle
+        TimeSeriesNet(**spec["architecture"]).load_state_dict(state)
+    except RuntimeError as err:
+        raise BundleError(
+            f"{weights}: does not fit meta.json's {entry['kind']} architecture: {err}"
+        ) from err
+    scaler = read_json(scaler_path)
+    if list(scaler.get("channels", [])) != list(spec["channels"]):
+        raise BundleError(f"{scaler_path}: channels are not the {entry['kind']} model's")
+    tensors = {name: t.detach().cpu().contiguous().clone() for name, t in state.items()}
+    rel = f"torch/{Path(entry['weights']).stem}.safetensors"
+    safetensors.torch.save_file(tensors, str(staging / rel))
+    seed = entry.get("seed")
+    return {
+        "fold": int(entry["fold"]),
+        "kind": str(entry["kind"]),
+        "seed": None if seed is None else int(seed),
+        "weights": rel,
+        "scaler": scaler,
+        "pad_len": int(scaler.get("pad_len", meta["pad_len"])),
+    }
+
+
+def _check_coverage(members: list[dict[str, Any]], n_folds: int, meta_path: Path) -> None:
+    """Each fold has a full-input member (it serves full-sensor inputs), and no file is
+    listed twice (it would weigh double in the average)."""
+    names = [m["weights"] for m in members]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise BundleError(f"{meta_path}: 'models' lists {twice} more than once")
+    has_full = {m["fold"] for m in members if m["kind"] == "full"}
+    without = [k for k in range(n_folds) if k not in has_full]
+    if without:
+        raise BundleError(f"{meta_path}: fold(s) {without} have no full-input member")
+
+
+def _convert_torch(torch_dir: Path, staging: Path) -> dict[str, Any]:
     meta_path = torch_dir / "meta.json"
     meta = read_json(meta_path)
     check_classes(meta.get("classes"), meta_path)
-    # The bundle ships one full-input model per fold (fold_k.pt). Extra members (torch.seeds,
-    # torch.imu_only_model) would be left out, and inference would silently differ from the
-    # OOF that scored them: refuse instead.
-    extra = [m["weights"] for m in meta.get("models", []) if m["weights"] != f"fold_{m['fold']}.pt"]
-    if extra:
-        raise BundleError(
-            f"{meta_path}: {len(extra)} Torch member(s) beyond one model per fold (e.g. "
-            f"{extra[:3]}; torch.seeds / torch.imu_only_model); the bundle does not ship them yet"
-        )
-    architecture = dict(meta["architecture"])
-    probe = TimeSeriesNet(**architecture)
-    folds = []
+    n_folds = int(meta["n_folds"])
+    entries = _member_entries(meta, meta_path)
+    _check_listed(torch_dir, entries, meta_path)
+    imu_model = meta.get("imu_model")
+    specs: dict[str, dict[str, Any]] = {"full": meta}
+    if imu_model is not None:
+        specs["imu"] = imu_model
     (staging / "torch").mkdir(exist_ok=True)
-    for k in range(int(meta["n_folds"])):
-        weights = torch_dir / f"fold_{k}.pt"
-        scaler_path = torch_dir / f"fold_{k}_scaler.json"
-        for path in (weights, scaler_path):
-            if not path.exists():
-                raise FileNotFoundError(f"{path}: Torch file of fold {k} not found")
-        state = load_state_dict_file(weights)  # weights_only=True: never unpickles code
-        try:
-            probe.load_state_dict(state)  # strict: a mismatch fails now, not on Kaggle
-        except RuntimeError as err:
-            raise BundleError(f"{weights}: does not fit meta.json's architecture: {err}") from err
-        tensors = {name: t.detach().cpu().contiguous().clone() for name, t in state.items()}
-        rel = f"torch/fold_{k}.safetensors"
-        safetensors.torch.save_file(tensors, str(staging / rel))
-        scaler = read_json(scaler_path)
-        pad_len = int(scaler.get("pad_len", meta["pad_len"]))
-        folds.append({"fold": k, "weights": rel, "scaler": scaler, "pad_len": pad_len})
+    members = []
+    for entry in entries:
+        kind, fold = entry.get("kind"), int(entry["fold"])
+        if kind not in specs or not 0 <= fold < n_folds:
+            raise BundleError(
+                f"{meta_path}: member {entry['weights']}: kind {kind!r} fold {fold} (kinds "
+                f"with an architecture here: {sorted(specs)}; folds 0..{n_folds - 1})"
+            )
+        members.append(_convert_member(torch_dir, entry, specs[kind], staging, meta))
+    _check_coverage(members, n_folds, meta_path)
     return {
-        "n_folds": len(folds),
+        "n_folds": n_folds,
         "channels": list(meta["channels"]),
         "pad_len": int(meta["pad_len"]),
         "keep": str(meta["keep"]),
-        "architecture": architecture,
-        "folds": folds,
+        "architecture": dict(meta["architecture"]),
+        "imu_model": (
+            {
+                "channels": list(imu_model["channels"]),
+                "architecture": dict(imu_model["architecture"]),
+            }
+            if imu_model is not None
+            else None
+        ),
+        "members": members,
     }
 
 

@@ -9,20 +9,33 @@ and each model file's sha256 before parsing it from the bytes it has just verifi
 Besides the gesture models, a bundle may hold the orientation classifier's fold models (for
 subject-level post-processing) and always says which post-processing it was built for
 (``postprocess``: method, mode, combine; ``none`` for bundles built before it existed).
+
+The Torch part lists every member of every fold (``torch.members``: fold, kind, seed,
+weights, scaler, pad_len), as the torch stage trained them (``cmi.nn.members``): kind
+"full" members read ``torch.channels`` with ``torch.architecture``, kind "imu" members (the
+IMU-only models) ``torch.imu_model``'s channels and architecture.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import logging
 import platform
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
+from cmi.bundle.files import (
+    MANIFEST_NAME,
+    BundleError,
+    check_tree,
+    file_entry,
+    read_verified,
+    safe_relpath,
+)
 from cmi.bundle.seal import SealError, manifest_digest, verify_seal
+from cmi.bundle.torch_part import TorchPart, load_torch
 from cmi.io import read_json
 from cmi.params import ExtractParams, check_postprocess
 from cmi.schema import GESTURES, ORIENTATIONS
@@ -31,17 +44,10 @@ from cmi.weights import BlendError, BlendWeights
 log = logging.getLogger("cmi.bundle")
 
 FORMAT_NAME = "cmi-bundle"
-# 2: the manifest carries a seal. Version 1 bundles (unsealed) are refused: rebuild them.
-FORMAT_VERSION = 2
-MANIFEST_NAME = "manifest.json"
+# 2: the manifest carries a seal. 3: the Torch part lists members (several seeds per fold,
+# IMU-only models) instead of one model per fold. Older bundles are refused: rebuild them.
+FORMAT_VERSION = 3
 PARTS: tuple[str, ...] = ("lgbm", "torch", "orientation")
-# Only these file types may be part of a bundle: both parse without executing anything.
-# (LightGBM text models: the gesture models in lgbm/, the orientation models in orientation/.)
-ALLOWED_SUFFIXES: dict[str, str] = {".txt": "lightgbm", ".safetensors": "torch"}
-# Named explicitly so the error says why such a file is refused.
-PICKLE_SUFFIXES: frozenset[str] = frozenset(
-    {".pkl", ".pickle", ".joblib", ".pt", ".pth", ".ckpt", ".bin", ".npy", ".npz", ".dill", ".sav"}
-)
 VERSIONED_PACKAGES: tuple[str, ...] = (
     "cmi",
     "lightgbm",
@@ -50,10 +56,6 @@ VERSIONED_PACKAGES: tuple[str, ...] = (
     "numpy",
     "safetensors",
 )
-
-
-class BundleError(ValueError):
-    """A bundle is missing, malformed, tampered with, or unsafe; the message names the file."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -66,32 +68,6 @@ class LgbmPart:
     feature_names: list[str]
     boosters: list[Any]  # lightgbm.Booster, one per fold
     best_iterations: list[int | None]
-
-
-@dataclass
-class TorchFold:
-    fold: int
-    scaler: dict[str, Any]  # the fold's scaler json ({"channels", "mean", "std", ...})
-    pad_len: int
-    path: Path
-    sha256: str
-    size: int
-    state_dict: dict[str, Any] | None = None  # None when folds load on demand
-
-    def load_state_dict(self) -> dict[str, Any]:
-        """The fold's weights: from memory, or re-read and re-verified from disk."""
-        if self.state_dict is not None:
-            return self.state_dict
-        return _load_safetensors(self.path, _read_verified(self.path, self.sha256, self.size))
-
-
-@dataclass
-class TorchPart:
-    channels: list[str]
-    pad_len: int
-    keep: str
-    architecture: dict[str, Any]
-    folds: list[TorchFold]
 
 
 @dataclass
@@ -132,7 +108,7 @@ class Bundle:
 
     @property
     def has_torch(self) -> bool:
-        return self.torch is not None and bool(self.torch.folds)
+        return self.torch is not None and bool(self.torch.members)
 
     @property
     def digest(self) -> str:
@@ -197,61 +173,9 @@ def read_manifest(root: Path, expected_digest: str | None = None) -> dict[str, A
     return manifest
 
 
-def _check_tree(root: Path, files: dict[str, Any]) -> None:
-    """Every file present must be listed, and nothing may look like a pickle."""
-    for path in sorted(root.rglob("*")):
-        if path.is_dir() and not path.is_symlink():
-            continue
-        rel = path.relative_to(root).as_posix()
-        if rel == MANIFEST_NAME:
-            continue
-        if path.suffix.lower() in PICKLE_SUFFIXES:
-            raise BundleError(f"{path}: refusing a pickle-like file ({path.suffix}) in a bundle")
-        if rel not in files:
-            raise BundleError(f"{path}: file is not listed in {root / MANIFEST_NAME}")
-
-
-def _safe_relpath(rel: str, root: Path) -> Path:
-    pure = PurePosixPath(rel)
-    if pure.is_absolute() or ".." in pure.parts or not pure.parts:
-        raise BundleError(f"{root / MANIFEST_NAME}: unsafe file path {rel!r}")
-    suffix = pure.suffix.lower()
-    if suffix in PICKLE_SUFFIXES or suffix not in ALLOWED_SUFFIXES:
-        raise BundleError(
-            f"{root / rel}: refusing file type {suffix or '(none)'!r}; a bundle holds only "
-            f"{sorted(ALLOWED_SUFFIXES)}"
-        )
-    return root.joinpath(*pure.parts)
-
-
-def _read_verified(path: Path, sha256: str, size: int) -> bytes:
-    if not path.is_file():
-        raise BundleError(f"{path}: listed in the manifest but missing")
-    data = path.read_bytes()
-    if len(data) != size or hashlib.sha256(data).hexdigest() != sha256:
-        raise BundleError(f"{path}: checksum mismatch (the file was modified or corrupted)")
-    return data
-
-
-def _entry(files: dict[str, Any], rel: str, root: Path) -> tuple[Path, str, int]:
-    if rel not in files:
-        raise BundleError(f"{root / MANIFEST_NAME}: {rel!r} is used but has no checksum entry")
-    info = files[rel]
-    return _safe_relpath(rel, root), str(info["sha256"]), int(info["size"])
-
-
 # --------------------------------------------------------------------------------------------
 # Model parts
 # --------------------------------------------------------------------------------------------
-
-
-def _load_safetensors(path: Path, data: bytes) -> dict[str, Any]:
-    import safetensors.torch
-
-    try:
-        return safetensors.torch.load(data)
-    except Exception as err:  # safetensors raises its own error type for any bad header
-        raise BundleError(f"{path}: not a valid safetensors file ({err})") from err
 
 
 def _load_booster(path: Path, data: bytes) -> Any:
@@ -267,8 +191,8 @@ def _load_lgbm(root: Path, section: dict[str, Any], files: dict[str, Any]) -> Lg
     names = list(section["feature_names"])
     boosters, best = [], []
     for fold in section["folds"]:
-        path, sha, size = _entry(files, fold["model"], root)
-        booster = _load_booster(path, _read_verified(path, sha, size))
+        path, sha, size = file_entry(files, fold["model"], root)
+        booster = _load_booster(path, read_verified(path, sha, size))
         if booster.num_feature() != len(names):
             raise BundleError(
                 f"{path}: model has {booster.num_feature()} features, manifest lists {len(names)}"
@@ -290,8 +214,8 @@ def _load_orientation(
     names = list(section["feature_names"])
     boosters = []
     for fold in section["folds"]:
-        path, sha, size = _entry(files, fold["model"], root)
-        booster = _load_booster(path, _read_verified(path, sha, size))
+        path, sha, size = file_entry(files, fold["model"], root)
+        booster = _load_booster(path, read_verified(path, sha, size))
         if booster.num_feature() != len(names):
             raise BundleError(
                 f"{path}: model has {booster.num_feature()} features, manifest lists {len(names)}"
@@ -314,38 +238,6 @@ def _postprocess_settings(manifest: dict[str, Any], source: Path) -> Postprocess
         raise BundleError(f"{source}: bad 'postprocess' section: {err}") from err
 
 
-def _load_torch(
-    root: Path, section: dict[str, Any], files: dict[str, Any], in_memory: bool
-) -> TorchPart:
-    channels = list(section["channels"])
-    folds = []
-    for fold in section["folds"]:
-        path, sha, size = _entry(files, fold["weights"], root)
-        # Verified (and parsed) even when folds load on demand, so a bad file fails now.
-        state = _load_safetensors(path, _read_verified(path, sha, size))
-        scaler = dict(fold["scaler"])
-        if list(scaler.get("channels", [])) != channels:
-            raise BundleError(f"{root / MANIFEST_NAME}: fold {fold['fold']} scaler channels differ")
-        folds.append(
-            TorchFold(
-                fold=int(fold["fold"]),
-                scaler=scaler,
-                pad_len=int(fold.get("pad_len", section["pad_len"])),
-                path=path,
-                sha256=sha,
-                size=size,
-                state_dict=state if in_memory else None,
-            )
-        )
-    return TorchPart(
-        channels=channels,
-        pad_len=int(section["pad_len"]),
-        keep=str(section["keep"]),
-        architecture=dict(section["architecture"]),
-        folds=folds,
-    )
-
-
 def load_bundle(
     root: Path | str,
     parts: Iterable[str] = PARTS,
@@ -364,9 +256,9 @@ def load_bundle(
     manifest = read_manifest(root, expected_digest)
     files = manifest["files"]
     parts = tuple(parts)
-    _check_tree(root, files)
+    check_tree(root, files)
     for rel in files:
-        _safe_relpath(rel, root)
+        safe_relpath(rel, root)
     try:
         extract = ExtractParams(**manifest["extract"])
         blend = BlendWeights.from_json(manifest["blend"], str(root / MANIFEST_NAME))
@@ -388,7 +280,7 @@ def load_bundle(
         if "lgbm" in parts and manifest["lgbm"]:
             bundle.lgbm = _load_lgbm(root, manifest["lgbm"], files)
         if "torch" in parts and manifest.get("torch"):
-            bundle.torch = _load_torch(root, manifest["torch"], files, torch_in_memory)
+            bundle.torch = load_torch(root, manifest["torch"], files, torch_in_memory)
         if "orientation" in parts and manifest.get("orientation"):
             bundle.orientation = _load_orientation(root, manifest["orientation"], files)
     except (KeyError, TypeError) as err:
