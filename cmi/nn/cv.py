@@ -5,8 +5,8 @@ per seed, full input and optionally IMU-only), resumable (the torch stage's core
 finished member from the checkpoint store, or trains it (resuming from its last epoch), then
 saves it finished.
 The store's fingerprint covers the stage's inputs, its params (``cv``, ``torch`` and ``eval``,
-whose ``imu_only_share`` weighs the views that pick the epoch), the ``cmi`` code the stage's
-deps in dvc.yaml list (``code_files``) and torch's version.
+whose ``imu_only_share`` weighs the views that pick the epoch), the ``cmi`` code the stage
+script reaches and the library versions (``cmi.deps.code_digest``, as for LightGBM).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 import torch
-import yaml
 
+from cmi import deps
 from cmi.checkpoint import CheckpointStore
 from cmi.evaluation import check_share
 from cmi.nn import checkpoint as ckpt
@@ -37,8 +37,7 @@ from cmi.paths import ProjectPaths
 
 log = logging.getLogger("cmi.nn.cv")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-STAGE_NAME = "torch"
+STAGE_SCRIPT = "stages/train_torch.py"
 
 
 @dataclass(frozen=True)
@@ -72,28 +71,6 @@ def read_training_data(paths: ProjectPaths, params: Params) -> TorchTrainingData
     return TorchTrainingData(frame_features, labeled, input_channels(frame_features))
 
 
-def code_files(root: Path = REPO_ROOT) -> list[Path]:
-    """The ``cmi`` files the torch stage lists as deps in dvc.yaml (a folder: its .py files).
-
-    Read from dvc.yaml itself, so the fingerprint hashes exactly the code whose change makes
-    DVC rerun the stage: a rerun for changed code never reuses checkpoints made by the old.
-    """
-    dvc_yaml = root / "dvc.yaml"
-    try:
-        deps = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8"))["stages"][STAGE_NAME]["deps"]
-    except (OSError, KeyError, TypeError, yaml.YAMLError) as error:
-        raise ValueError(f"{dvc_yaml}: no deps for stage {STAGE_NAME!r} ({error})") from error
-    files: list[Path] = []
-    for dep in deps:
-        if not str(dep).startswith("cmi/") and str(dep) != "cmi":
-            continue
-        path = root / dep
-        if not path.exists():
-            raise FileNotFoundError(f"{dvc_yaml}: stage {STAGE_NAME!r} dep {dep} does not exist")
-        files += sorted(path.rglob("*.py")) if path.is_dir() else [path]
-    return files
-
-
 def fingerprint_params(params: Params) -> dict[str, Any]:
     """The params a fold's result depends on."""
     return {
@@ -104,10 +81,11 @@ def fingerprint_params(params: Params) -> dict[str, Any]:
 
 
 def checkpoint_store(base: Path, input_files: Sequence[Path], params: Params) -> CheckpointStore:
-    """Fold checkpoints keyed by inputs, params, code (``code_files``) and torch's version."""
-    salt = f"torch/v{ckpt.CHECKPOINT_VERSION}/torch-{torch.__version__}"
-    files = [*input_files, *code_files()]
-    return CheckpointStore.for_inputs(base, files, fingerprint_params(params), salt)
+    """Fold checkpoints keyed by inputs, params, and code: ``cmi.deps.code_digest`` of the
+    stage script (every cmi module it reaches, as dvc.yaml's deps list them, plus library
+    versions, torch's included), the same rule as the lgbm stage's."""
+    salt = f"torch/v{ckpt.CHECKPOINT_VERSION}/code-{deps.code_digest(STAGE_SCRIPT)}"
+    return CheckpointStore.for_inputs(base, input_files, fingerprint_params(params), salt)
 
 
 # ----------------------------------------------------------------------------- folds
@@ -197,7 +175,7 @@ def _result_from_payload(payload: dict[str, Any], member: Member) -> TorchFoldRe
     )
 
 
-def load_finishedmember_of(store: CheckpointStore, member: Member) -> TorchFoldResult | None:
+def load_finished_member(store: CheckpointStore, member: Member) -> TorchFoldResult | None:
     found = ckpt.load_member_checkpoint(store, member)
     if found is None or found.kind != "finished":
         return None
@@ -262,7 +240,7 @@ def run_torch_fold(
     results = []
     for member in fold_members(fold, params.torch):
         runtime.barrier()
-        done = load_finishedmember_of(store, member) if store is not None else None
+        done = load_finished_member(store, member) if store is not None else None
         if done is not None:
             if on_epoch is not None and runtime.dist.is_main:
                 for row in done.curves:
