@@ -30,10 +30,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(INSTALL) $(OFFLINE) torch==2.13.0 $(QUIET_MISS) || $(INSTALL) torch==2.13.0
 	# constraints.txt pins the versions the project is tested with; without it pip's resolver
 	# backtracks through moto/pydantic for a long time and can end in a broken build.
+	# If the wheelhouse cannot be filled (a wheel that will not build, a full disk), install
+	# straight from the registry as before: a cache must never make setup fail.
 	$(INSTALL) $(OFFLINE) -c constraints.txt -e '.[dev]' $(QUIET_MISS) || { \
 	  echo "filling the wheelhouse $(WHEELHOUSE) (once; later setups install offline)"; \
 	  $(MAKE) --no-print-directory wheelhouse && \
-	  $(INSTALL) $(OFFLINE) -c constraints.txt -e '.[dev]'; }
+	  $(INSTALL) $(OFFLINE) -c constraints.txt -e '.[dev]'; } || \
+	  $(INSTALL) -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 # Every wheel setup needs (built once from an sdist where PyPI has no wheel), the build
