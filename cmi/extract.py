@@ -7,6 +7,12 @@ Validation is exactly ``cmi.schema.read_raw_dir``'s: the parsed rows are its tra
 nothing is returned (so nothing written) unless every file validates. The features are the
 shared path's (``cmi.features.compute_features``), one batch of whole sequences at a time;
 every feature depends on one sequence only, so batches change nothing.
+
+With ``extract.fix_upside_down`` the upside-down detector (``cmi.wear``) is fitted on the
+whole parsed table once the parse is done; the sequences of the subjects it flags are computed
+again from their rows rotated back (``cmi.wear.pipeline.rotate_subjects``, the raw-frame
+transform inference applies too), the sequences table gets an ``upside_down`` column and
+``wear_model.json`` the fitted detector (``{"enabled": false}`` when off).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import numpy as np
 import polars as pl
 
 from cmi.features import FeatureSet, compute_features, prepare_sensor_frame
-from cmi.io import atomic_path, write_with
+from cmi.io import atomic_path, write_json, write_with
 from cmi.params import ExtractParams
 from cmi.paths import ProjectPaths
 from cmi.schema import (
@@ -33,6 +39,8 @@ from cmi.schema import (
     read_raw_dir,
 )
 from cmi.sequences import sequence_labels, sequences_table
+from cmi.wear.fit import WearFit
+from cmi.wear.pipeline import fit_for_extract, rotate_subjects, upside_down_column, wear_record
 
 # Rows per parsed batch: ~120 MB of CSV, so the features thread starts early and the batches
 # in flight stay small next to the whole table.
@@ -44,8 +52,9 @@ PARQUET_COMPRESSION = "lz4"
 
 @dataclass(frozen=True)
 class ExtractOutputs:
-    sequences: pl.DataFrame  # cmi.sequences.SEQUENCES_COLUMNS
+    sequences: pl.DataFrame  # cmi.sequences.SEQUENCES_COLUMNS (+ upside_down when fixed)
     features: FeatureSet
+    wear: WearFit | None = None  # the upside-down detector, when extract.fix_upside_down
 
 
 def extract(raw_dir: Path, params: ExtractParams) -> ExtractOutputs:
@@ -63,7 +72,7 @@ def extract_to(paths: ProjectPaths, params: ExtractParams) -> ExtractOutputs:
     try:
         if not stream.settle_writes(outputs.features):
             tables += _feature_tables(paths, outputs.features)
-        _write_parquets(tables)
+        _write_parquets(tables, json_files=[(wear_record(outputs.wear), paths.wear_model)])
     except BaseException:
         stream.cancel()
         raise
@@ -75,10 +84,13 @@ def _extract(stream: FeatureStream) -> ExtractOutputs:
         raw = read_raw_dir(stream.raw_dir, train_reader=stream.read_csv)
         features = stream.result(raw.train, raw.train_demographics)
         sequences = sequences_table(features.sequences, sequence_labels(raw.train))
+        wear = stream.wear
+        if wear is not None:
+            sequences = sequences.with_columns(upside_down_column(sequences["subject"], wear))
     except BaseException:
         stream.cancel()  # a bad file: stop the threads, delete what they wrote
         raise
-    return ExtractOutputs(sequences, features)
+    return ExtractOutputs(sequences, features, wear)
 
 
 def _feature_tables(paths: ProjectPaths, features: FeatureSet) -> list[tuple[pl.DataFrame, Path]]:
@@ -88,11 +100,14 @@ def _feature_tables(paths: ProjectPaths, features: FeatureSet) -> list[tuple[pl.
     ]
 
 
-def _write_parquets(tables: list[tuple[pl.DataFrame, Path]]) -> None:
-    """Each table atomically, side by side (compression and fsync of one overlap the
-    others)."""
-    with ThreadPoolExecutor(len(tables)) as pool:
+def _write_parquets(
+    tables: list[tuple[pl.DataFrame, Path]], json_files: list[tuple[dict, Path]] = ()
+) -> None:
+    """Each table (and JSON file) atomically, side by side (compression and fsync of one
+    overlap the others)."""
+    with ThreadPoolExecutor(len(tables) + len(json_files)) as pool:
         done = [pool.submit(_write_parquet, frame, target) for frame, target in tables]
+        done += [pool.submit(write_json, payload, target) for payload, target in json_files]
         for future in done:
             future.result()
 
@@ -168,6 +183,8 @@ class FeatureStream:
         self._parse_error: BaseException | None = None
         self._parts: list[FeatureSet] = []
         self._features: FeatureSet | None = None  # of every part, once the parse is done
+        self._wear: WearFit | None = None  # fitted by the features thread (fix_upside_down)
+        self._wear_from: pl.DataFrame | None = None  # ... on this table
         self._demographics: pl.DataFrame | None = None
         self._error: BaseException | None = None
         self._cancelled = threading.Event()
@@ -201,9 +218,18 @@ class FeatureStream:
             not usable
             or features is None
             or features.sequences["sequence_id"].is_duplicated().any()
+            or (self._params.fix_upside_down and not _same_table(self._wear_from, train))
         ):
-            return compute_features(prepare_sensor_frame(train), demographics, self._params)
+            self._wear = fit_for_extract(train, self._params)
+            flagged = self._wear.upside_down_subjects if self._wear is not None else ()
+            sensor = prepare_sensor_frame(rotate_subjects(train, flagged))
+            return compute_features(sensor, demographics, self._params)
         return features
+
+    @property
+    def wear(self) -> WearFit | None:
+        """The upside-down detector the features used (after ``result``); None when off."""
+        return self._wear
 
     def cancel(self) -> None:
         """Stop both threads (a raw file failed validation): the parse after the batch it is
@@ -252,6 +278,10 @@ class FeatureStream:
             if carry is not None and carry.height and not self._cancelled.is_set():
                 self._compute(carry)
             if self._parts and not self._cancelled.is_set():
+                if self._params.fix_upside_down:
+                    if self._parse_error is not None:
+                        return  # read_csv raises it; no table to fit on
+                    self._fix_upside_down(pl.concat(self._parsed))
                 # here, not in result(): it overlaps with the validation of the other files
                 self._features = _concat(self._parts)
                 if self._stage_to is not None:
@@ -263,6 +293,38 @@ class FeatureStream:
     def _compute(self, rows: pl.DataFrame) -> None:
         sensor = prepare_sensor_frame(rows)
         self._parts.append(compute_features(sensor, self._demographics, self._params))
+
+    def _fix_upside_down(self, train: pl.DataFrame) -> None:
+        """Fit the detector on the whole table and replace the features of the flagged
+        subjects' sequences (computed as recorded) by those of their rows rotated back."""
+        self._wear = fit_for_extract(train, self._params)
+        self._wear_from = train
+        flagged = self._wear.upside_down_subjects if self._wear is not None else ()
+        if not flagged:
+            return
+        rows = rotate_subjects(train.filter(pl.col("subject").is_in(list(flagged))), flagged)
+        fixed = compute_features(prepare_sensor_frame(rows), self._demographics, self._params)
+        ids = fixed.sequences.get_column("sequence_id").implode()
+        others = pl.col("sequence_id").is_in(ids).not_()
+        kept = [
+            FeatureSet(
+                part.sequences.filter(others),
+                part.sequence_features.filter(others),
+                part.frame_features.filter(others),
+            )
+            for part in self._parts
+        ]
+        self._parts = [*kept, fixed]
+
+
+def _same_table(fitted_on: pl.DataFrame | None, train: pl.DataFrame) -> bool:
+    """Whether the detector was fitted on ``train`` (the parse thread's table is the one
+    read_csv handed to validation; its height and ids are a cheap check of that)."""
+    return (
+        fitted_on is not None
+        and fitted_on.height == train.height
+        and fitted_on.get_column("sequence_id").equals(train.get_column("sequence_id"))
+    )
 
 
 def _read_demographics(path: Path) -> pl.DataFrame | None:

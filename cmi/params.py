@@ -21,6 +21,15 @@ class ExtractParams:
     tof_regions: bool = True
     # Left-handed subjects (demographics handedness == 0) as their right-handed mirror image.
     mirror_left_handed: bool = False
+    # Subjects wearing the device upside down rotated back before features (cmi.wear):
+    # training fits the detector on train.csv, inference decides per subject as it goes.
+    fix_upside_down: bool = False
+    # Training subjects known to wear it upside down; empty: the fit finds them.
+    upside_down_subjects: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # A bundle manifest gives a JSON list back: keep the field a tuple (hashable, equal).
+        object.__setattr__(self, "upside_down_subjects", tuple(self.upside_down_subjects))
 
 
 @dataclass(frozen=True)

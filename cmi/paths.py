@@ -41,6 +41,11 @@ class ProjectPaths:
         """sequence_id, sequence_counter + one Float32 column per Torch input channel."""
         return self.features_dir / "frame_features.parquet"
 
+    @property
+    def wear_model(self) -> Path:
+        """The upside-down detector (cmi.wear) extract fitted, or {"enabled": false}."""
+        return self.features_dir / "wear_model.json"
+
     # folds
     @property
     def folds(self) -> Path:

@@ -2,8 +2,10 @@
 
 Reads data/raw (train and test files are both validated; only train gets features, computed
 while train.csv parses: ``cmi.extract``), then writes
-data/features/{sequences,sequence_features,frame_features}.parquet. Everything is computed
-before anything is written, so a bad input leaves earlier outputs untouched.
+data/features/{sequences,sequence_features,frame_features}.parquet and wear_model.json (the
+upside-down detector with ``extract.fix_upside_down``, else ``{"enabled": false}``).
+Everything is computed before anything is written, so a bad input leaves earlier outputs
+untouched.
 """
 
 from __future__ import annotations
@@ -44,6 +46,15 @@ def main(root: Path = Path(".")) -> None:
         features.sequence_features.width - 1,
         features.frame_features.width - 2,
     )
+    if outputs.wear is not None:
+        log.info(
+            "upside-down wearers rotated back: %s (%d sequences; rule: mean score > %.2f "
+            "after %d sequences)",
+            list(outputs.wear.upside_down_subjects) or "none",
+            int(sequences["upside_down"].sum()),
+            outputs.wear.model.threshold,
+            outputs.wear.model.min_sequences,
+        )
 
 
 if __name__ == "__main__":

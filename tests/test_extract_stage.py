@@ -96,7 +96,7 @@ def test_extract_writes_the_contract(tiny_features_project: Path) -> None:
 def test_bad_raw_file_fails_and_keeps_outputs(tiny_features_project: Path, tmp_path: Path) -> None:
     root = copy_project(tiny_features_project, tmp_path / "p")
     paths = ProjectPaths(root)
-    outputs = [paths.sequences, paths.sequence_features, paths.frame_features]
+    outputs = [paths.sequences, paths.sequence_features, paths.frame_features, paths.wear_model]
     before = {p: sha256_file(p) for p in outputs}
 
     train_csv = paths.raw_dir / "train.csv"
@@ -207,7 +207,7 @@ def test_feature_tables_written_early_are_discarded_when_a_later_file_fails(
     as they were, no temp file, no thread."""
     root = copy_project(tiny_features_project, tmp_path / "p")
     paths = ProjectPaths(root)
-    outputs = [paths.sequences, paths.sequence_features, paths.frame_features]
+    outputs = [paths.sequences, paths.sequence_features, paths.frame_features, paths.wear_model]
     for path in outputs:  # outputs of an earlier run, unlike what this run would write
         pl.DataFrame({"earlier": [path.name]}).write_parquet(path)
     before = {p: sha256_file(p) for p in outputs}
