@@ -48,7 +48,7 @@ from cmi.inference_settings import DEFAULT_BUNDLE, InferenceSettings, resolve_bu
 from cmi.predictor import Predictor, TorchUnavailableError, as_polars
 from cmi.probe import imu_only_view, probe_demographics, probe_sequence
 from cmi.schema import GESTURES, SENSOR_COLUMNS
-from cmi.subjects import SubjectPostprocessor
+from cmi.subjects import SubjectPostprocessor, build_wear_corrector
 from cmi.weights import BlendWeights, normalize_weights
 
 log = logging.getLogger(__name__)
@@ -146,6 +146,7 @@ def build_predictor(settings: InferenceSettings, *, strict: bool = False) -> Pre
         predictor = Predictor(
             main, None, weights, settings, f"Torch models failed to build: {err}", postprocess
         )
+    predictor.wear = build_wear_corrector(main)  # the bundle's upside-down fix, if any
     _self_check(predictor, fail_on_torch, strict)
     if predictor.torch_problem:
         log.warning("using LightGBM alone: %s", predictor.torch_problem)
@@ -248,6 +249,8 @@ def reset_subject_memory() -> None:
         cache = _cache
     if cache is not None and cache.predictor is not None and cache.predictor.postprocess:
         cache.predictor.postprocess.reset()
+    if cache is not None and cache.predictor is not None and cache.predictor.wear is not None:
+        cache.predictor.wear.reset()
 
 
 def reset_cache() -> None:
@@ -313,6 +316,8 @@ def predict(sequence: pl.DataFrame, demographics: pl.DataFrame) -> str:
     except Exception as err:  # already logged once, when loading failed
         ANSWERS.fell_back(err)
         return FALLBACK_GESTURE
+    if predictor.wear is not None:  # never raises: on failure, the sequence as sent
+        sequence = predictor.wear.upright(sequence)
     try:
         features = predictor.features(sequence, demographics)
         proba = predictor.ensemble_proba(features)
@@ -417,6 +422,8 @@ def warm_up(
             if predictor.uses_torch:
                 predictor.torch_proba(features)  # raises, where ensemble_proba would fall back
             answers[view] = predict_gesture(predictor, frame, demographics)
+            if predictor.wear is not None:  # scores and rotates; remembers nothing
+                predictor.wear.check(frame)
             if predictor.postprocess is not None:  # on a scratch memory: nothing remembered
                 predictor.postprocess.check(features, predictor.ensemble_proba(features))
         except Exception as err:

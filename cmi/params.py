@@ -217,5 +217,9 @@ def load_params(path: Path | str = "params.yaml") -> Params:
 
 
 def section_dict(section: Any) -> dict[str, Any]:
-    """Plain dict of one section, for fingerprints and manifests."""
-    return dataclasses.asdict(section)
+    """Plain dict of one section, for fingerprints and manifests: JSON-shaped (tuples as
+    lists), so it equals what a manifest reads back."""
+    return {
+        name: list(value) if isinstance(value, tuple) else value
+        for name, value in dataclasses.asdict(section).items()
+    }

@@ -83,6 +83,7 @@ class Predictor:
         # Subject-level post-processing (None: the plain argmax, e.g. it failed to set up).
         self.postprocess = postprocess
         self.postprocess_problem: str | None = None  # why post-processing is off, if it is
+        self.wear: Any = None  # cmi.wear.online.WearCorrector: upside-down fix (build_predictor)
         self._torch_inputs: dict[tuple[str, int, int], _TorchInput] = {}
         # sensor group -> per fold (in fold order) the members that serve it
         self._serving: dict[str, list[list[_TorchMemberModel]]] = {}

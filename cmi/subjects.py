@@ -27,10 +27,14 @@ import numpy as np
 from cmi.bundle import OrientationPart, PostprocessSettings
 from cmi.predictor import feature_row
 from cmi.schema import ORIENTATIONS
+from cmi.wear.online import WearCorrector
 
 log = logging.getLogger("cmi.inference")
 
 N_ORIENTATIONS = len(ORIENTATIONS)
+# Bounds of every per-subject memory at inference (post-processing, cmi.wear.online).
+MAX_SUBJECTS = 256
+MAX_SEQUENCES_PER_SUBJECT = 512
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,18 @@ class SubjectAnswer:
     gesture: int  # class index answered
     argmax: int  # the plain blend's argmax
     postprocessed: bool  # False: method none, or no subject / sequence id to key on
+
+
+def build_wear_corrector(bundle: Any) -> WearCorrector | None:
+    """The upside-down fix ``predict`` applies (the bundle's features were built with
+    ``extract.fix_upside_down``), with the same bounds as the post-processing memory."""
+    if getattr(bundle, "wear", None) is None:
+        return None
+    return WearCorrector(
+        bundle.wear,
+        max_subjects=MAX_SUBJECTS,
+        max_sequences_per_subject=MAX_SEQUENCES_PER_SUBJECT,
+    )
 
 
 class SubjectPostprocessor:
@@ -53,8 +69,8 @@ class SubjectPostprocessor:
         orientation: OrientationPart | None,
         source: str = "bundle",
         *,
-        max_subjects: int = 256,
-        max_sequences_per_subject: int = 512,
+        max_subjects: int = MAX_SUBJECTS,
+        max_sequences_per_subject: int = MAX_SEQUENCES_PER_SUBJECT,
     ) -> None:
         self.settings = settings
         self.source = source

@@ -35,6 +35,7 @@ def main(root: Path = Path(".")) -> None:
         extract=params.extract,
         orientation_dir=paths.orientation_dir,
         postprocess=PostprocessSettings(pp.method, pp.mode, pp.combine),
+        wear_model=paths.wear_model,
     )
     size = sum(f["size"] for f in manifest["files"].values())
     log.info(

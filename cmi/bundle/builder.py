@@ -227,8 +227,10 @@ def build_manifest(
     extract: ExtractParams,
     orientation: dict[str, Any] | None = None,
     postprocess: PostprocessSettings | None = None,
+    wear: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The sealed manifest of the files in ``staging`` (write it last, beside them)."""
+    """The sealed manifest of the files in ``staging`` (write it last, beside them);
+    ``wear`` is the upside-down detector (``WearModel.to_dict``) when the features used it."""
     return seal_manifest(
         {
             "format": FORMAT_NAME,
@@ -240,10 +242,29 @@ def build_manifest(
             "blend": blend.to_json(),
             "orientation": orientation,
             "postprocess": (postprocess or PostprocessSettings()).to_json(),
+            "wear": wear,
             "versions": library_versions(),
             "files": _file_table(staging),
         }
     )
+
+
+def _read_wear(path: Path | None, extract: ExtractParams) -> dict[str, Any] | None:
+    """The detector to ship (``WearModel.to_dict``) when ``extract.fix_upside_down``."""
+    if not extract.fix_upside_down:
+        return None
+    from cmi.wear.pipeline import model_from_record
+
+    if path is None or not Path(path).is_file():
+        raise FileNotFoundError(
+            f"{path}: extract.fix_upside_down is on but there is no wear model; run extract"
+        )
+    model = model_from_record(read_json(path), str(path))
+    if model is None:
+        raise ValueError(
+            f"{path}: extract.fix_upside_down is on but the file says it was off; rerun extract"
+        )
+    return model.to_dict()
 
 
 def _read_blend(path: Path | None, has_torch: bool) -> BlendWeights:
@@ -277,6 +298,7 @@ def build_bundle(
     extract: ExtractParams,
     orientation_dir: Path | None = None,
     postprocess: PostprocessSettings | None = None,
+    wear_model: Path | None = None,
 ) -> dict[str, Any]:
     """Write the bundle to ``out_dir`` atomically; returns its sealed manifest
     (``manifest["seal"]["digest"]`` names it).
@@ -285,8 +307,11 @@ def build_bundle(
     ``orientation_dir`` (the orientation stage's models; None or without meta.json: none)
     ships the orientation models, which ``postprocess.method == "assignment"`` requires.
     ``postprocess`` defaults to none (the plain argmax).
+    ``wear_model`` (extract's wear_model.json) ships the upside-down detector; it must hold
+    one exactly when ``extract.fix_upside_down`` is on.
     """
     postprocess = postprocess or PostprocessSettings()
+    wear = _read_wear(wear_model, extract)
     has_orientation = orientation_dir is not None and (Path(orientation_dir) / "meta.json").exists()
     if postprocess.method == "assignment" and not has_orientation:
         raise FileNotFoundError(
@@ -306,7 +331,9 @@ def build_bundle(
             if has_orientation
             else None
         )
-        manifest = build_manifest(staging, lgbm, torch, blend, extract, orientation, postprocess)
+        manifest = build_manifest(
+            staging, lgbm, torch, blend, extract, orientation, postprocess, wear
+        )
         write_json(manifest, staging / MANIFEST_NAME)
         load_bundle(staging)  # never ship a bundle that does not load
         swap_directory(staging, out_dir)

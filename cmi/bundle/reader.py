@@ -39,6 +39,7 @@ from cmi.bundle.torch_part import TorchPart, load_torch
 from cmi.io import read_json
 from cmi.params import ExtractParams, check_postprocess
 from cmi.schema import GESTURES, ORIENTATIONS
+from cmi.wear.detect import WearModel
 from cmi.weights import BlendError, BlendWeights
 
 log = logging.getLogger("cmi.bundle")
@@ -105,6 +106,7 @@ class Bundle:
     orientation: OrientationPart | None = None
     postprocess: PostprocessSettings = field(default_factory=PostprocessSettings)
     versions: dict[str, str] = field(default_factory=dict)
+    wear: WearModel | None = None  # the upside-down detector (extract.fix_upside_down)
 
     @property
     def has_torch(self) -> bool:
@@ -238,6 +240,23 @@ def _postprocess_settings(manifest: dict[str, Any], source: Path) -> Postprocess
         raise BundleError(f"{source}: bad 'postprocess' section: {err}") from err
 
 
+def _wear_model(manifest: dict[str, Any], extract: ExtractParams, source: Path) -> WearModel | None:
+    """The upside-down detector: present exactly when the features were built with
+    ``extract.fix_upside_down`` (inference must rotate back as training did)."""
+    section = manifest.get("wear")
+    if extract.fix_upside_down != (section is not None):
+        raise BundleError(
+            f"{source}: extract.fix_upside_down is {extract.fix_upside_down} but the 'wear' "
+            f"section is {'absent' if section is None else 'present'}"
+        )
+    if section is None:
+        return None
+    try:
+        return WearModel.from_dict(section)
+    except (TypeError, ValueError, AttributeError) as err:
+        raise BundleError(f"{source}: bad 'wear' section: {err}") from err
+
+
 def load_bundle(
     root: Path | str,
     parts: Iterable[str] = PARTS,
@@ -267,6 +286,7 @@ def load_bundle(
             f"{root / MANIFEST_NAME}: bad 'extract' or 'blend' section: {err}"
         ) from err
     postprocess = _postprocess_settings(manifest, root / MANIFEST_NAME)
+    wear = _wear_model(manifest, extract, root / MANIFEST_NAME)
     bundle = Bundle(
         root=root,
         manifest=manifest,
@@ -275,6 +295,7 @@ def load_bundle(
         blend=blend,
         postprocess=postprocess,
         versions=dict(manifest.get("versions", {})),
+        wear=wear,
     )
     try:
         if "lgbm" in parts and manifest["lgbm"]:

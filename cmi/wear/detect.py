@@ -210,21 +210,33 @@ class SubjectWearDetector:
     ``observe(subject, sequence_id, frame)`` scores the sequence, remembers it (a sequence
     sent again replaces its earlier score rather than counting twice) and returns the
     subject's decision from everything seen so far. Memory is bounded: past ``max_subjects``
-    subjects, the least recently seen one is forgotten.
+    subjects, the least recently seen one is forgotten; past ``max_sequences_per_subject``
+    sequences of one subject, its earliest-seen one.
     """
 
-    def __init__(self, model: WearModel, max_subjects: int = 4096) -> None:
+    def __init__(
+        self, model: WearModel, max_subjects: int = 4096, max_sequences_per_subject: int = 512
+    ) -> None:
+        if max_subjects < 1 or max_sequences_per_subject < 1:
+            raise ValueError("SubjectWearDetector bounds must be >= 1")
         self.model = model
         self.max_subjects = max_subjects
+        self.max_sequences_per_subject = max_sequences_per_subject
         self._scores: OrderedDict[str, dict[str, float]] = OrderedDict()
 
     def add_score(self, subject: str, sequence_id: str, score: float) -> bool:
         seen = self._scores.setdefault(subject, {})
         self._scores.move_to_end(subject)
         seen[sequence_id] = float(score)
+        while len(seen) > self.max_sequences_per_subject:
+            del seen[next(iter(seen))]
         while len(self._scores) > self.max_subjects:
             self._scores.popitem(last=False)
         return self.is_upside_down(subject)
+
+    def clear(self) -> None:
+        """Forget every subject."""
+        self._scores.clear()
 
     def observe(self, subject: str, sequence_id: str, frame: pl.DataFrame) -> bool:
         return self.add_score(subject, sequence_id, self.model.score(frame))
