@@ -19,6 +19,14 @@ Per preset (``cmi synth`` data; the generator says who wears the device upside d
 - real sample (``--real``): the model fitted on the preset scores the 15 real sequences.
 - timing: ``upside_down_score`` on 60-frame sequences, ``rotate_back`` per sequence.
 Usage: python bench/upside_down.py [--presets demo full] [--orders 200] [--seed 0]
+
+Project mode (``--project DIR [DIR ...]``): for each project with data/oof/<model>.parquet
+(the OOF view contract) and data/features/sequences.parquet, the full / imu_only /
+test_like scores (``cmi.evaluation.view_scores``) of the upside-down subjects against everyone
+else, e.g. two experiment runs with ``extract.fix_upside_down`` off and on. Who is upside
+down: the generator's truth with ``--preset`` (``cmi.synth.subject_table(preset, seed)``),
+else the sequences table's ``upside_down`` column (the fit's decision, when it was on).
+Usage: python bench/upside_down.py --project A B [--preset demo] [--model blend]
 """
 
 from __future__ import annotations
@@ -30,6 +38,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from cmi.evaluation import view_scores
+from cmi.params import load_params
+from cmi.paths import ProjectPaths
 from cmi.schema import IMU_COLUMNS, TRAIN_SCHEMA
 from cmi.synth import generate, subject_table
 from cmi.wear import (
@@ -271,16 +282,81 @@ def bench_preset(preset: str, seed: int, n_orders: int, real: bool) -> None:
             print(report.select("subject", "orientation", "acc_z_first10", "score"))
 
 
+def upside_down_subjects(project: Path, preset: str | None, seed: int) -> set[str]:
+    """The generator's upside-down subjects (``preset``), else those the project's sequences
+    table flags (its ``upside_down`` column, written with ``extract.fix_upside_down``)."""
+    if preset is not None:
+        table = subject_table(preset, seed).filter(pl.col("upside_down"))
+        return set(table["subject"].to_list())
+    sequences = pl.read_parquet(ProjectPaths(project).sequences)
+    if "upside_down" not in sequences.columns:
+        raise SystemExit(
+            f"{ProjectPaths(project).sequences}: no upside_down column (extract ran with "
+            "fix_upside_down off); name the synthetic truth with --preset"
+        )
+    return set(sequences.filter(pl.col("upside_down"))["subject"].unique().to_list())
+
+
+def project_scores(
+    project: Path, upside_down: set[str], model: str = "blend", share: float | None = None
+) -> pl.DataFrame:
+    """One row per group (upside-down subjects, everyone else) and view: score, binary and
+    macro F1, rows, and how many subjects and sequences the group holds."""
+    paths = ProjectPaths(project)
+    if share is None:
+        share = load_params(paths.params).eval.imu_only_share if paths.params.exists() else 0.5
+    oof = pl.read_parquet(paths.oof(model))
+    subjects = pl.read_parquet(paths.sequences).select("sequence_id", "subject")
+    oof = oof.join(subjects, on="sequence_id", how="left")
+    if oof["subject"].null_count():
+        raise SystemExit(f"{paths.oof(model)}: sequences missing from {paths.sequences}")
+    flagged = pl.col("subject").is_in(sorted(upside_down))
+    rows = []
+    for group, part in (("upside_down", oof.filter(flagged)), ("others", oof.filter(~flagged))):
+        if part.height == 0:
+            continue
+        for view, figures in view_scores(part, share).items():
+            rows.append(
+                {
+                    "project": str(project),
+                    "group": group,
+                    "subjects": part["subject"].n_unique(),
+                    "sequences": part["sequence_id"].n_unique(),
+                    "view": view,
+                    **{k: figures[k] for k in ("score", "binary_f1", "macro_f1", "n_rows")},
+                }
+            )
+    return pl.DataFrame(rows)
+
+
+def bench_projects(projects: list[Path], preset: str | None, seed: int, model: str) -> pl.DataFrame:
+    tables = []
+    for project in projects:
+        upside_down = upside_down_subjects(project, preset, seed)
+        print(f"{project}: upside-down subjects {sorted(upside_down)}")
+        tables.append(project_scores(project, upside_down, model))
+    table = pl.concat(tables).sort("group", "view", maintain_order=True)
+    with pl.Config(tbl_cols=-1, tbl_width_chars=200, fmt_str_lengths=60):
+        print(table.with_columns(pl.col("score", "binary_f1", "macro_f1").round(4)))
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["demo", "full"])
     parser.add_argument("--orders", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-real", action="store_true", help="skip the real sample")
+    parser.add_argument("--project", nargs="+", type=Path, help="score projects' OOF instead")
+    parser.add_argument("--preset", help="with --project: the synthetic truth of this preset")
+    parser.add_argument("--model", default="blend", help="with --project: data/oof/<model>")
     args = parser.parse_args()
     pl.Config.set_tbl_rows(40)
     pl.Config.set_tbl_width_chars(140)
     pl.Config.set_fmt_str_lengths(40)
+    if args.project:
+        bench_projects(args.project, args.preset, args.seed, args.model)
+        return
     for preset in args.presets:
         bench_preset(preset, args.seed, args.orders, not args.no_real)
 
