@@ -9,6 +9,7 @@ repro, push / fresh clone / pull / predict, an S3 round trip against a local mot
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -27,7 +28,7 @@ from pipeline_helpers import REPO_ROOT, tiny_params
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
-STAGES = ("extract", "folds", "lgbm", "torch", "oof_blend", "bundle")
+STAGES = ("extract", "folds", "lgbm", "torch", "orientation", "oof_blend", "bundle")
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -212,11 +213,30 @@ def test_exp_run_reruns_only_blend_and_bundle(repo: Path) -> None:
     assert stages_run(log) == {"oof_blend", "bundle"}, log
     shown = dvc(repo, "exp", "show", "--csv")
     header = shown.splitlines()[0]
-    for column in ("ensemble.w_torch", "lgbm.json:score", "torch.json:score", "blend.json"):
-        assert column in header, header
+    columns = header.split(",")
+    assert "ensemble.w_torch" in columns, header
+    # The leaderboard-like views of every model (issue 9): lgbm and torch from their stage
+    # metrics, the blend (and both models again, aligned) from blend.json.
+    for view in ("full", "imu_only", "test_like"):
+        for column in (
+            f"dvclive/lgbm/metrics.json:{view}.score",
+            f"metrics/torch.json:{view}.score",
+            f"blend.{view}.score",
+            f"blend.{view}.binary_f1",
+            f"blend.{view}.macro_f1",
+        ):
+            assert column in columns, (column, header)
     assert "wtorch07" in shown
     diff = dvc(repo, "metrics", "diff", "HEAD")
     assert "blend.json" in diff
+
+
+def test_exp_run_postprocess_method_rebuilds_only_the_bundle(repo: Path) -> None:
+    # oof_blend replays every post-processing method, so only the bundle reads the choice.
+    log = dvc(repo, "exp", "run", "-n", "ppnone", "-S", "postprocess.method=none")
+    assert stages_run(log) == {"bundle"}, log
+    manifest = json.loads((repo / "models/bundle/manifest.json").read_text())
+    assert manifest["postprocess"]["method"] == "none"
 
 
 def test_queued_experiments_run_in_parallel(repo: Path) -> None:
