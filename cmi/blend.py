@@ -24,8 +24,10 @@ import polars as pl
 from sklearn.metrics import f1_score
 
 from cmi.evaluation import VIEWS, check_oof, per_fold_test_like, view_scores, view_weights
+from cmi.io import write_json, write_parquet, write_text
 from cmi.metrics import competition_scores, proba_matrix
 from cmi.params import EnsembleParams
+from cmi.paths import ProjectPaths
 from cmi.schema import GESTURES, N_CLASSES, PROBA_COLUMNS
 
 # Re-exported: the weights record lives in the light cmi.weights (the Kaggle path needs it
@@ -117,6 +119,13 @@ def read_oof_pair(lgbm_path: Path, torch_path: Path) -> BlendInputs:
     return align_oof(
         pl.read_parquet(lgbm_path), pl.read_parquet(torch_path), (str(lgbm_path), str(torch_path))
     )
+
+
+def read_stage_table(path: Path, stage: str) -> pl.DataFrame:
+    """A parquet table another stage writes; FileNotFoundError naming it and that stage."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: not found; run the {stage} stage first")
+    return pl.read_parquet(path)
 
 
 # ---------------------------------------------------------------- fitting
@@ -310,3 +319,34 @@ def per_class_f1_frame(
         sample_weight=view_weights(inputs.view, imu_only_share),
     )
     return pl.DataFrame({"gesture": list(GESTURES), "f1": [float(v) for v in f1]})
+
+
+def write_blend_outputs(
+    paths: ProjectPaths,
+    inputs: BlendInputs,
+    weights: BlendWeights,
+    blended: pl.DataFrame,
+    nested_proba: np.ndarray,
+    metrics: dict[str, Any],
+    imu_only_share: float,
+) -> None:
+    """models/blend/weights.json (``weights``: what the bundle ships), data/oof/blend.parquet
+    (``blended``), metrics/blend.json and the plots of the nested blend (``nested_proba``)."""
+    write_json(weights.to_json(), paths.blend_dir / "weights.json")
+    write_parquet(blended, paths.oof("blend"))
+    write_json(metrics, paths.metrics("blend"))
+    confusion = confusion_frame(inputs, nested_proba)
+    write_text(confusion.write_csv(), paths.plots_dir / "confusion.csv")
+    per_class = per_class_f1_frame(inputs, nested_proba, imu_only_share)
+    write_text(per_class.write_csv(), paths.plots_dir / "per_class_f1.csv")
+
+
+def describe_blend(metrics: dict[str, Any]) -> str:
+    """One log line: the test_like score of the nested blend and of each model, and the
+    weights the bundle ships."""
+    return (
+        f"test_like: blend {metrics['blend']['test_like']['score']:.4f} (nested), "
+        f"lgbm {metrics['lgbm']['test_like']['score']:.4f}, "
+        f"torch {metrics['torch']['test_like']['score']:.4f}; "
+        f"weights for the bundle {metrics['weights']}"
+    )

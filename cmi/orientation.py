@@ -17,6 +17,7 @@ names, and ``cmi.subjects`` predicts with them the way ``predict_orientation_pro
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,9 +27,21 @@ import numpy as np
 import polars as pl
 
 from cmi.features import is_modality_channel
+from cmi.io import write_json, write_parquet
+from cmi.lgbm.data import FEATURES_FILE
+from cmi.lgbm.outputs import write_fold_models
 from cmi.params import OrientationParams, section_dict
+from cmi.paths import ProjectPaths
 from cmi.protocol import ORIENTATION_COLUMNS
 from cmi.schema import ORIENTATIONS
+from cmi.sequences import (
+    SEQUENCES_FILE,
+    labeled_folds,
+    read_tables,
+    require_columns,
+    require_ids_in,
+    require_unique_ids,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,53 +77,40 @@ class OrientationFold:
     valid_proba: np.ndarray  # (n_fold_rows, 4), rows in sequence_id order
 
 
-def _missing(frame: pl.DataFrame, columns: Sequence[str], file_name: str) -> None:
-    absent = [c for c in columns if c not in frame.columns]
-    if absent:
-        raise ValueError(f"{file_name}: missing column(s) {absent}")
-
-
-def _orientation_labels(sequences: pl.DataFrame) -> pl.DataFrame:
-    _missing(sequences, ["sequence_id", "orientation"], "sequences.parquet")
-    bad = sequences.filter(
+def _orientation_index(labeled: pl.DataFrame) -> pl.Series:
+    """The ``orientation`` column of ``labeled`` as int32 indices into ORIENTATIONS."""
+    bad = labeled.filter(
         pl.col("orientation").is_null() | ~pl.col("orientation").is_in(list(ORIENTATIONS))
     )
     if bad.height:
         raise ValueError(
-            "sequences.parquet: column orientation null or not one of schema.ORIENTATIONS for "
+            f"{SEQUENCES_FILE}: column orientation null or not one of schema.ORIENTATIONS for "
             f"sequence(s) {bad['sequence_id'].head(3).to_list()} "
             f"(e.g. {bad['orientation'][0]!r}); rerun the extract stage"
         )
-    return sequences.select(
-        "sequence_id",
-        pl.col("orientation").replace_strict(ORIENTATION_INDEX, return_dtype=pl.Int32).alias("y"),
-    )
+    return labeled["orientation"].replace_strict(ORIENTATION_INDEX, return_dtype=pl.Int32)
 
 
 def build_orientation_set(
     sequences: pl.DataFrame, sequence_features: pl.DataFrame, folds: pl.DataFrame
 ) -> OrientationSet:
-    """Join extract and folds outputs; every sequence needs features, a fold and a label."""
-    labels = _orientation_labels(sequences)
-    _missing(sequence_features, ["sequence_id"], "sequence_features.parquet")
-    _missing(folds, ["sequence_id", "fold"], "folds.parquet")
+    """Join extract and folds outputs: labels and folds as ``cmi.sequences.labeled_folds``
+    checks them (plus a valid orientation), one feature row for each of those sequences."""
+    labeled = labeled_folds(sequences, folds, ["orientation"])
+    labeled = labeled.with_columns(_orientation_index(labeled).alias("y"))
+    require_columns(sequence_features, ["sequence_id"], FEATURES_FILE)
+    require_unique_ids(sequence_features, FEATURES_FILE)
     names = orientation_feature_names([c for c in sequence_features.columns if c != "sequence_id"])
     if not names:
-        raise ValueError("sequence_features.parquet: no IMU feature columns")
-    table = sequence_features.select("sequence_id", *names).join(
-        labels, on="sequence_id", how="left"
+        raise ValueError(f"{FEATURES_FILE}: no IMU feature columns")
+    ids = sequence_features["sequence_id"]
+    require_ids_in(ids, labeled["sequence_id"], FEATURES_FILE, SEQUENCES_FILE)
+    require_ids_in(labeled["sequence_id"], ids, SEQUENCES_FILE, FEATURES_FILE)
+    table = (
+        sequence_features.select("sequence_id", *names)
+        .join(labeled.select("sequence_id", "y", "fold"), on="sequence_id")
+        .sort("sequence_id")
     )
-    table = table.join(folds.select("sequence_id", "fold"), on="sequence_id", how="left")
-    for column, source in (("y", "sequences.parquet"), ("fold", "folds.parquet")):
-        lost = table.filter(pl.col(column).is_null())["sequence_id"]
-        if lost.len():
-            raise ValueError(
-                f"{source}: no row for {lost.len()} sequence(s) of sequence_features.parquet, "
-                f"e.g. {lost.head(3).to_list()}"
-            )
-    if table["sequence_id"].is_duplicated().any():
-        raise ValueError("sequence_features.parquet / sequences / folds: duplicate sequence_id")
-    table = table.sort("sequence_id")
     return OrientationSet(
         sequence_ids=table["sequence_id"].to_list(),
         x=table.select(pl.col(names).cast(pl.Float32)).to_numpy(),
@@ -118,6 +118,17 @@ def build_orientation_set(
         y=table["y"].to_numpy().astype(np.int32),
         fold=table["fold"].to_numpy().astype(np.int32),
     )
+
+
+def read_orientation_set(paths: ProjectPaths, n_splits: int) -> OrientationSet:
+    """The checked orientation set of a project; ValueError unless its folds are ``n_splits``."""
+    files = [paths.sequences, paths.sequence_features, paths.folds]
+    data = build_orientation_set(*read_tables(files))
+    if data.n_folds != n_splits:
+        raise ValueError(
+            f"{paths.folds}: {data.n_folds} folds but cv.n_splits={n_splits}; rerun the folds stage"
+        )
+    return data
 
 
 def inner_fold(fold: int, n_folds: int) -> int:
@@ -266,3 +277,24 @@ def orientation_meta(
         "lightgbm_version": lgb.__version__,
         "params": section_dict(params),
     }
+
+
+def write_orientation_outputs(
+    paths: ProjectPaths,
+    data: OrientationSet,
+    results: Sequence[OrientationFold],
+    params: OrientationParams,
+    started: float,
+) -> dict:
+    """Write models/orientation/{fold_k.txt, meta.json}, data/oof/orientation.parquet and
+    metrics/orientation.json (its ``wall_time_s`` counted from ``started``, a
+    ``time.perf_counter()`` reading); return the metrics."""
+    write_fold_models(paths.orientation_dir, {r.fold: r.model_text for r in results})
+    write_json(orientation_meta(data, results, params), paths.orientation_dir / "meta.json")
+    oof = orientation_oof_frame(data, results)
+    write_parquet(oof, paths.oof("orientation"))
+    metrics = orientation_metrics(data, oof)
+    metrics["best_iterations"] = [r.best_iteration for r in results]
+    metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
+    write_json(metrics, paths.metrics("orientation"))
+    return metrics

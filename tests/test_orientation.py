@@ -38,6 +38,7 @@ def toy_tables(n: int = 240, n_folds: int = 4, seed: int = 0):
         {
             "sequence_id": ids,
             "subject": [f"S{i % 12}" for i in range(n)],
+            "label": rng.integers(0, 18, size=n).astype(np.int32),  # the gesture: unused here
             "orientation": [ORIENTATIONS[k] for k in y],
             "sensor_group": ["full"] * n,
         }
@@ -80,6 +81,11 @@ def test_bad_inputs_are_named() -> None:
         )
     with pytest.raises(ValueError, match="orientation"):
         build_orientation_set(sequences.drop("orientation"), features, folds)
+    # The checks cmi.sequences shares with the model stages: features for every sequence.
+    with pytest.raises(ValueError, match=r"sequence_features.parquet: no row.*SEQ_0005"):
+        build_orientation_set(
+            sequences, features.filter(pl.col("sequence_id") != "SEQ_0005"), folds
+        )
 
 
 def test_a_fold_never_sees_its_own_labels() -> None:

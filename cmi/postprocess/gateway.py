@@ -20,6 +20,7 @@ import numpy as np
 import polars as pl
 
 from cmi.evaluation import OOF_KEY, check_share, view_scores
+from cmi.params import PostprocessParams
 from cmi.postprocess.assignment import METHODS, MODES, Method, Mode, excess_answers, replay_subject
 from cmi.postprocess.slots import Combine
 from cmi.protocol import ORIENTATION_COLUMNS
@@ -264,3 +265,38 @@ def postprocess_report(
         if method != "none":
             report[method] = compared[method][mode]
     return report
+
+
+def replay_section(
+    blended: pl.DataFrame,
+    orientation_oof: pl.DataFrame | None,
+    sequences: pl.DataFrame,
+    params: PostprocessParams,
+    imu_only_share: float,
+) -> dict:
+    """``postprocess_report`` with the replay settings of ``params.postprocess`` (mode,
+    combine, n_orders, seed; not ``method``: every method is replayed)."""
+    return postprocess_report(
+        blended,
+        orientation_oof,
+        sequences,
+        mode=params.mode,
+        combine=params.combine,
+        n_orders=params.n_orders,
+        seed=params.seed,
+        imu_only_share=imu_only_share,
+    )
+
+
+def describe_replay(section: dict) -> str:
+    """One log line of a ``postprocess_report`` section: each method's test_like, its gain
+    over none and the answers sent beyond the protocol's counts."""
+    none, counts, assignment = (section[m] for m in ("none", "gesture_counts", "assignment"))
+    return (
+        f"gateway replay ({section['n_orders']} orders, {section['mode']}): test_like none "
+        f"{none['test_like']:.4f}, gesture_counts {counts['test_like']:.4f} "
+        f"({counts['gain']:+.4f}), assignment {assignment['test_like']:.4f} "
+        f"({assignment['gain']:+.4f}); answers over the protocol's counts "
+        f"{none['excess_answers']:g} / {counts['excess_answers']:g} / "
+        f"{assignment['excess_answers']:g}"
+    )
