@@ -23,12 +23,19 @@ import numpy as np
 import polars as pl
 from sklearn.metrics import f1_score
 
-from cmi.evaluation import VIEWS, check_oof, per_fold_test_like, view_scores, view_weights
+from cmi.evaluation import (
+    VIEWS,
+    check_oof,
+    per_fold_test_like,
+    view_oof_frame,
+    view_scores,
+    view_weights,
+)
 from cmi.io import write_json, write_parquet, write_text
 from cmi.metrics import competition_scores, proba_matrix
 from cmi.params import EnsembleParams
 from cmi.paths import ProjectPaths
-from cmi.schema import GESTURES, N_CLASSES, PROBA_COLUMNS
+from cmi.schema import GESTURES, N_CLASSES
 
 # Re-exported: the weights record lives in the light cmi.weights (the Kaggle path needs it
 # without scikit-learn); cmi.blend keeps offering the same names.
@@ -242,15 +249,13 @@ def nested_blend(
 def blend_oof_frame(inputs: BlendInputs, proba: np.ndarray) -> pl.DataFrame:
     """An OOF table in the contract of the model stages (data/oof/blend.parquet)."""
     proba = proba / proba.sum(axis=1, keepdims=True)
-    return pl.DataFrame(
-        {
-            "sequence_id": pl.Series(inputs.sequence_id.tolist(), dtype=pl.String),
-            "fold": pl.Series(inputs.fold, dtype=pl.Int32),
-            "y_true": pl.Series(inputs.y_true, dtype=pl.Int32),
-            "sensor_group": pl.Series(inputs.sensor_group.tolist(), dtype=pl.String),
-            "view": pl.Series(inputs.view.tolist(), dtype=pl.String),
-            **{c: pl.Series(proba[:, i], dtype=pl.Float64) for i, c in enumerate(PROBA_COLUMNS)},
-        }
+    return view_oof_frame(
+        inputs.sequence_id.tolist(),
+        inputs.fold,
+        inputs.y_true,
+        inputs.sensor_group.tolist(),
+        inputs.view.tolist(),
+        proba,
     )
 
 
