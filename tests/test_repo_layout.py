@@ -173,3 +173,24 @@ def test_make_repro_then_make_test_on_a_fresh_clone(tmp_path: Path) -> None:
     assert (clone / "data" / ".gitignore").read_text().splitlines() == ["/raw"]
     assert check_ignore_rules(clone) == []
     run(*layout_tests)  # make test after make repro
+
+
+def test_lint_passes_beside_the_pipeline_outputs(tmp_path: Path) -> None:
+    """`make repro` then `make test`: the dvclive/ folder dvc repro writes at the root must not
+    change how ruff sorts imports (it once read `dvclive` as a first-party module)."""
+    ruff = Path(sys.executable).parent / "ruff"
+    if not ruff.exists():
+        pytest.skip("ruff is not installed beside this interpreter")
+    shutil.copy(REPO_ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    (tmp_path / "cmi").mkdir()
+    module = tmp_path / "cmi" / "live.py"
+    module.write_text(
+        "import polars as pl\nfrom dvclive import Live\n\nfrom cmi.io import write_json\n\n"
+        "__all__ = ['Live', 'pl', 'write_json']\n"
+    )
+    (tmp_path / "dvclive" / "lgbm").mkdir(parents=True)
+    (tmp_path / "dvclive" / "lgbm" / "metrics.json").write_text("{}")
+    result = subprocess.run(
+        [str(ruff), "check", "--no-cache", "."], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
