@@ -15,7 +15,13 @@ from pipeline_helpers import copy_project, run_stage
 from cmi.evaluation import check_oof
 from cmi.nn.data import Scaler, imu_only_inputs, modality_indices, to_padded
 from cmi.nn.model import TimeSeriesNet, load_state_dict_file
-from cmi.nn.predict import load_fold_model, network_proba
+from cmi.nn.predict import (
+    FoldModel,
+    load_fold_model,
+    load_member_model,
+    member_entries,
+    network_proba,
+)
 from cmi.nn.train import CURVE_COLUMNS
 from cmi.params import load_params
 from cmi.paths import ProjectPaths
@@ -32,6 +38,16 @@ def torch_run(
     root = copy_project(tiny_features_project, tmp_path_factory.mktemp("torch_stage") / "p")
     result = run_stage(STAGE, root)
     return root, result.stderr
+
+
+def view_model(torch_dir: Path, fold: int, view: str) -> FoldModel:
+    """The model that scores ``view`` of ``fold`` (one seed): for the IMU-only view the
+    fold's IMU-only member when the stage trained one (torch.imu_only_model), else the full."""
+    if view == "imu_only":
+        imu = [e for e in member_entries(torch_dir) if e["fold"] == fold and e["kind"] == "imu"]
+        if imu:
+            return load_member_model(torch_dir, imu[0])
+    return load_fold_model(torch_dir, fold)
 
 
 def fold_ids(root: Path) -> list[int]:
@@ -132,11 +148,11 @@ def test_inference_path_reproduces_oof(torch_run: tuple[Path, str]) -> None:
     paths = ProjectPaths(root)
     oof = pl.read_parquet(paths.oof("torch"))
     frames = pl.read_parquet(paths.frame_features)
+    modality = [c for c in frames.columns if c.startswith(("thm", "tof"))]
+    nulled = frames.with_columns(pl.lit(None, dtype=pl.Float32).alias(c) for c in modality)
     for k in fold_ids(root):
-        fm = load_fold_model(paths.torch_dir, k)
-        modality = [c for c in fm.channels if c.startswith(("thm", "tof"))]
-        nulled = frames.with_columns(pl.lit(None, dtype=pl.Float32).alias(c) for c in modality)
         for view, source in (("full", frames), ("imu_only", nulled)):
+            fm = view_model(paths.torch_dir, k, view)
             part = oof.filter((pl.col("fold") == k) & (pl.col("view") == view))
             fold_frames = source.filter(pl.col("sequence_id").is_in(part["sequence_id"].implode()))
             x, mask, ids = to_padded(fold_frames, fm.channels, fm.scaler, fm.pad_len, fm.keep)
@@ -184,7 +200,11 @@ def test_imu_only_view_is_what_the_hidden_test_gives(torch_run: tuple[Path, str]
         .select(PROBA_COLUMNS)
         .to_numpy()
     )
-    np.testing.assert_allclose(network_proba(fm.model, x_hidden, mask_hidden), expected, atol=1e-6)
+    scorer = view_model(paths.torch_dir, k, "imu_only")
+    x_view, mask_view, _ = to_padded(
+        features.frame_features, scorer.channels, scorer.scaler, scorer.pad_len, scorer.keep
+    )
+    np.testing.assert_allclose(network_proba(scorer.model, x_view, mask_view), expected, atol=1e-6)
 
 
 def test_rerun_reuses_finished_folds(torch_run: tuple[Path, str], tmp_path: Path) -> None:
