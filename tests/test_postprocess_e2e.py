@@ -390,7 +390,7 @@ def test_cmi_predict_applies_post_processing_end_to_end(
     tiny_trained_project: Path, use_bundle, tmp_path: Path
 ) -> None:
     """~200 unseen sequences through `cmi predict` (shuffled like the gateway), with the
-    bundle's assignment and with SUBJECT_POSTPROCESS=none: post-processing changes some
+    assignment and with none (both through SUBJECT_POSTPROCESS): post-processing changes some
     answers, exceeds the protocol's per-subject counts less often than the plain argmax, and
     answers exactly as the offline replay of the same arrival order."""
     from cmi.cli import main as cli_main
@@ -416,7 +416,9 @@ def test_cmi_predict_applies_post_processing_end_to_end(
     excess = {m: excess_answers(subject_of, a) for m, a in answered.items()}
     assert excess["assignment"] < excess["none"], excess
 
-    use_bundle(bundle)
+    # The bundle ships its orientation models whatever its default method (gesture_counts in
+    # params.yaml); the env override switches the joint assignment on.
+    use_bundle(bundle, SUBJECT_POSTPROCESS="assignment")
     predictor = inference.load(strict=True)
     assert predictor.postprocess.method == "assignment" and predictor.postprocess.orientation
     batches = gateway_batches(test, pl.read_csv(demographics_csv), seed=5)
@@ -434,7 +436,7 @@ def test_bundled_orientation_models_reproduce_the_orientation_oof(
     from cmi.orientation import ORIENTATION_COLUMNS
 
     root = tiny_trained_project
-    use_bundle(root / "models" / "bundle")
+    use_bundle(root / "models" / "bundle", SUBJECT_POSTPROCESS="assignment")
     predictor = inference.load(strict=True)
     boosters = predictor.postprocess.orientation.boosters
     oof = pl.read_parquet(root / "data" / "oof" / "orientation.parquet")
