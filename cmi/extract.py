@@ -17,9 +17,9 @@ transform inference applies too), the sequences table gets an ``upside_down`` co
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -346,15 +346,23 @@ def _last_sequence_start(rows: pl.DataFrame) -> int:
 
 def _concat(parts: list[FeatureSet]) -> FeatureSet:
     """One FeatureSet from per-batch ones, in the contract's order (by sequence_id, frames
-    by counter: each part is sorted, and a sequence lives in one part)."""
+    by counter: each part is sorted, and a sequence lives in one part). Parts that follow one
+    another in sequence_id order (train.csv's own order) are only concatenated: a stable sort
+    would keep them as they are, after gathering all ~100 frame columns once more."""
+    parts = [part for part in parts if part.sequences.height] or parts[:1]
     if len(parts) == 1:
         return parts[0]
+    in_order = _in_id_order(parts)
 
-    def joined(get: Callable[[FeatureSet], pl.DataFrame]) -> pl.DataFrame:
-        return pl.concat([get(part) for part in parts]).sort("sequence_id", maintain_order=True)
+    def joined(table: str) -> pl.DataFrame:
+        rows = pl.concat([getattr(part, table) for part in parts])
+        return rows if in_order else rows.sort("sequence_id", maintain_order=True)
 
-    return FeatureSet(
-        sequences=joined(lambda part: part.sequences),
-        sequence_features=joined(lambda part: part.sequence_features),
-        frame_features=joined(lambda part: part.frame_features),
-    )
+    return FeatureSet(*(joined(t) for t in ("sequences", "sequence_features", "frame_features")))
+
+
+def _in_id_order(parts: list[FeatureSet]) -> bool:
+    """Whether each part's last sequence_id comes before the next part's first (each part
+    being sorted, their concatenation then is)."""
+    bounds = [part.sequences.get_column("sequence_id") for part in parts]
+    return all(a[-1] < b[0] for a, b in itertools.pairwise(bounds))

@@ -153,6 +153,46 @@ def test_features_while_parsing_are_the_whole_tables(
     assert outputs.sequences["sequence_id"].equals(outputs.features.sequences["sequence_id"])
 
 
+def test_batch_features_are_joined_in_sequence_id_order(tiny_raw_dir: Path) -> None:
+    """cmi.extract._concat: parts in id order are only concatenated, parts in any other
+    order are sorted; either way the whole table's features (empty parts ignored)."""
+    whole = whole_table_features(tiny_raw_dir, ExtractParams())
+    ids = whole.sequences["sequence_id"]
+    assert ids.is_sorted() and ids.len() >= 6
+
+    def part(first: int, stop: int) -> FeatureSet:
+        keep = pl.col("sequence_id").is_in(ids.slice(first, stop - first).implode())
+        return FeatureSet(*(getattr(whole, t).filter(keep) for t in TABLES))
+
+    n = ids.len()
+    parts = [part(0, 2), part(2, 2), part(2, n // 2), part(n // 2, n)]
+    assert cmi.extract._in_id_order([parts[0], parts[2], parts[3]])
+    assert not cmi.extract._in_id_order(parts[::-1])
+    for order in (parts, parts[::-1], [parts[3], parts[0], parts[2]]):
+        assert_same_features(cmi.extract._concat(order), whole)
+
+
+TABLES = ("sequences", "sequence_features", "frame_features")
+
+
+def test_a_long_and_a_short_row_in_train_csv_name_the_first(
+    tiny_raw_dir: Path, tmp_path: Path
+) -> None:
+    """The commas of train.csv add up (one extra field, one missing): the parse thread's
+    error is not reported as a bad value, the first ragged row is."""
+    raw_dir = tmp_path / "raw"
+    shutil.copytree(tiny_raw_dir, raw_dir)
+    lines = (raw_dir / "train.csv").read_bytes().splitlines(keepends=True)
+    n_fields = lines[0].count(b",") + 1
+    lines[100] = lines[100].rstrip(b"\n") + b",1\n"
+    lines[200] = lines[200].rstrip(b"\n").rsplit(b",", 1)[0] + b"\n"
+    (raw_dir / "train.csv").write_bytes(b"".join(lines))
+    with pytest.raises(
+        SchemaError, match=rf"train\.csv: data row 100 \(line 101\) has {n_fields + 1} field"
+    ):
+        extract(raw_dir, ExtractParams())
+
+
 def test_a_sequence_split_in_the_file_falls_back_to_the_whole_table(
     tiny_raw_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

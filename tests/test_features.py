@@ -20,6 +20,7 @@ from cmi.features import (
     prepare_sensor_frame,
     sequence_feature_names,
 )
+from cmi.features.channels import SensorBlock
 from cmi.params import ExtractParams
 from cmi.rotation import gravity_in_device_frame, relative_rotation_vectors
 from cmi.schema import (
@@ -634,6 +635,35 @@ def test_mirroring_makes_a_left_handed_twin_right_handed(
         for table in ("sequence_features", "frame_features"):
             rows = getattr(both, table).filter(pl.col("sequence_id") == sequence_id)
             assert rows.equals(getattr(single, table)), (sequence_id, table)
+
+
+def test_mirrored_block_in_place_and_copied_agree(real_train: pl.DataFrame) -> None:
+    """SensorBlock.mirrored touches only the masked rows; by default the block it was called
+    on is unchanged, in_place=True changes its writable arrays (a read-only one is copied)
+    to the same values, and mirroring twice gives the input back."""
+    sensor = prepare_sensor_frame(real_train.head(300)).select(SENSOR_COLUMNS)
+    rows = np.zeros(sensor.height, dtype=bool)
+    rows[40:170] = True
+    rows[250] = True
+    recorded = SensorBlock.from_frame(sensor)
+    twin = prepare_sensor_frame(on_the_other_wrist(real_train.head(300)))
+    expected = SensorBlock.from_frame(twin.select(SENSOR_COLUMNS))
+
+    def same(a: SensorBlock, b: SensorBlock, mask: np.ndarray) -> bool:
+        pairs = [(a.acc[mask], b.acc[mask]), (a.rot[mask], b.rot[mask])]
+        pairs += [(a.thm[mask], b.thm[mask]), (a.tof[:, mask], b.tof[:, mask])]
+        return all(np.array_equal(x, y, equal_nan=True) for x, y in pairs)
+
+    copied = recorded.mirrored(rows)
+    assert same(recorded, SensorBlock.from_frame(sensor), np.ones_like(rows))  # untouched
+    assert same(copied, expected, rows) and same(copied, recorded, ~rows)
+    assert same(copied.mirrored(rows), recorded, np.ones_like(rows))
+
+    block = SensorBlock.from_frame(sensor)
+    block.thm.flags.writeable = False
+    in_place = block.mirrored(rows, in_place=True)
+    assert in_place.acc is block.acc and in_place.tof is block.tof and in_place.thm is not block.thm
+    assert same(in_place, copied, np.ones_like(rows))
 
 
 # ----------------------------------------------------------------------------- parity

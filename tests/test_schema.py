@@ -243,6 +243,32 @@ def test_ragged_row_in_the_middle_is_refused(raw_dir: Path, fields_delta: int) -
         read_raw_dir(raw_dir)
 
 
+def test_a_long_and_a_short_row_whose_commas_add_up_are_refused(raw_dir: Path) -> None:
+    """The fast check counts the file's commas, and one extra field in an early row makes up
+    for one missing later: the first ragged row is still named (polars refuses the long
+    row, and the rows are then checked one by one)."""
+    train = raw_dir / "train.csv"
+    lines = _lines(train)
+    n_fields = lines[0].count(b",") + 1
+    lines[3] = lines[3].rstrip(b"\n") + b",0\n"  # data row 3: one field too many
+    lines[8] = lines[8].rstrip(b"\n").rsplit(b",", 1)[0] + b"\n"  # data row 8: one too few
+    train.write_bytes(b"".join(lines))
+    assert train.read_bytes().count(b",") == (n_fields - 1) * len(lines)
+    with pytest.raises(
+        SchemaError, match=rf"train\.csv: data row 3 \(line 4\) has {n_fields + 1} field\(s\)"
+    ):
+        read_raw_dir(raw_dir)
+
+
+def test_a_blank_line_is_a_ragged_row(raw_dir: Path) -> None:
+    """polars skips a blank line silently; the row check names it."""
+    test = raw_dir / "test.csv"
+    lines = _lines(test)
+    test.write_bytes(b"".join([*lines[:4], b"\n", *lines[4:]]))
+    with pytest.raises(SchemaError, match=r"test\.csv: data row 4 \(line 5\) has 1 field\(s\)"):
+        read_raw_dir(raw_dir)
+
+
 def test_quoted_fields_with_commas_are_counted_right(raw_dir: Path) -> None:
     """A quoted value holding a comma is one field (the slow, exact parser handles it)."""
     demographics = raw_dir / "test_demographics.csv"

@@ -43,6 +43,13 @@ _TOF = _columns(TOF_COLUMNS)
 _TOF_CALL_VALUES = 1 << 20  # pixels per tof_channels call: 4 MB of float32
 # Sensor i of a mirrored device is sensor MIRRORED_SENSORS[i] of the unmirrored one.
 MIRRORED_SENSORS = np.array([0, 1, 4, 3, 2])
+# ToF pixel row i of a mirrored block is pixel row _MIRRORED_PIXELS[i] of the unmirrored one:
+# the sensors swapped, each 8x8 image (row p // 8, column p % 8) flipped left to right.
+_MIRRORED_PIXELS = (
+    np.arange(N_TOF_SENSORS * N_TOF_PIXELS)
+    .reshape(N_TOF_SENSORS, 8, 8)[MIRRORED_SENSORS][:, :, ::-1]
+    .reshape(-1)
+)
 
 
 @dataclass(frozen=True)
@@ -63,21 +70,27 @@ class SensorBlock:
         tof = values[:, _TOF].T.astype(np.float32)
         return cls(values[:, _ACC], values[:, _ROT], values[:, _THM], tof)
 
-    def mirrored(self, rows: np.ndarray) -> SensorBlock:
+    def mirrored(self, rows: np.ndarray, *, in_place: bool = False) -> SensorBlock:
         """The block with ``rows`` (a mask) as seen by the same device on the other wrist.
 
         The mirror image through the device's y-z plane, as the synthetic data makes
         left-handed subjects (cmi.synth): acc_x and the quaternion's y and z change sign,
         thermopiles and ToF sensors 3 and 5 trade places, and each 8x8 ToF image is flipped
         left to right. Its own inverse: mirroring twice gives the input back exactly.
+
+        Only the mirrored rows are touched; ``in_place`` changes this block's (writable)
+        arrays instead of copies: ``from_frame`` made them, and copying every block cost more
+        than mirroring it.
         """
-        acc, rot, thm, tof = (part.copy() for part in (self.acc, self.rot, self.thm, self.tof))
-        acc[rows, 0] *= -1
-        rot[rows, 2:] *= -1
-        thm[rows] = thm[rows][:, MIRRORED_SENSORS]
-        images = tof.reshape(N_TOF_SENSORS, 8, 8, -1)  # sensor, image row, column, frame
-        flipped = images[MIRRORED_SENSORS][:, :, ::-1][..., rows]
-        images[..., rows] = flipped
+        acc, rot, thm, tof = (
+            part if in_place and part.flags.writeable else part.copy()
+            for part in (self.acc, self.rot, self.thm, self.tof)
+        )
+        which = np.flatnonzero(rows)
+        acc[which, 0] *= -1
+        rot[which, 2:] *= -1
+        thm[which] = thm[which][:, MIRRORED_SENSORS]
+        tof[:, which] = tof[:, which][_MIRRORED_PIXELS]
         return SensorBlock(acc, rot, thm, tof)
 
 

@@ -217,7 +217,7 @@ def _block_features(
     n_imu = len(IMU_CHANNELS)
     values = SensorBlock.from_frame(sensor.slice(rows.start, block.n_rows))
     if left_handed is not None and left_handed[which].any():
-        values = values.mirrored(block.per_row(left_handed[which]))
+        values = values.mirrored(block.per_row(left_handed[which]), in_place=True)
     channels = np.empty((out.frames.shape[0], block.n_rows))  # channel-major, float64
     # numpy's error state is per thread: absurd inputs (1e300) may overflow, and the
     # results are clipped or nulled, so stay quiet here too.
