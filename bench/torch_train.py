@@ -4,13 +4,15 @@ Makes demo data in /tmp/cmi-bench/demo and a featurized project in /tmp/cmi-benc
 when they are missing (cmi synth, stages/extract.py, stages/make_folds.py), then, with the
 params.yaml torch settings of this repo:
   - training: sequences/second of fold 0, median over a few epochs (training steps only), per
-    core (per process-CPU-second), 1 thread vs all as a ratio, and the share of padded steps;
+    core (per process-CPU-second), 1 thread vs all as a ratio, the share of time steps the
+    network computes (it cuts a batch after its longest sequence), and length-bucketed batches
+    (``--bucket N``, torch.bucket_batches) vs plain shuffled ones as a ratio in one run;
     with --augment the epochs also run params.yaml's augmentation (or, where a key is off,
     mixup 0.4, rotation 10 degrees, stretch 0.2, shift 8), to price it;
   - inference: milliseconds to predict ONE sequence with a fold model (median, p99 over a few
     hundred calls), model only and to_padded + model;
 on CPU, and on CUDA too when a GPU is visible. About 2-4 minutes on 2 cores.
-Usage: python bench/torch_train.py [--epochs 3] [--calls 300] [--augment]
+Usage: python bench/torch_train.py [--epochs 3] [--calls 300] [--augment] [--bucket 8]
 """
 
 from __future__ import annotations
@@ -101,23 +103,48 @@ def bench_training(inputs, params, device: torch.device, epochs: int, threads: i
     return run.model, rates, statistics.median(cpu_rates), val_seconds
 
 
-def padding_report(inputs, batch_size: int) -> str:
-    """How much of the computed time steps are padding, and what other batchings would leave.
+def computed_step_share(lengths: np.ndarray, batches: list[torch.Tensor], pad_len: int) -> float:
+    """Share of pad_len-wide time steps the network computes: it cuts each batch after the
+    batch's longest sequence."""
+    return float(np.mean([lengths[b.numpy()].max() for b in batches]) / pad_len)
 
-    The network is not invariant to the number of leading pad steps (the forward LSTM and GRU
-    run over them from a zero state), so bucketing would change what it computes at inference
-    (padded to pad_len); packed sequences would make it exact but cost ~1.6x per batch on CPU.
-    """
+
+def padding_report(inputs, batch_size: int, bucket_batches: int) -> str:
+    """How many time steps an epoch computes, of pad_len per row, and how many are real."""
     mask = inputs.train.mask
     lengths = mask.sum(axis=1)
-    generator = torch.Generator().manual_seed(0)
-    batches = epoch_batches(len(lengths), batch_size, generator)
-    longest = np.mean([lengths[b.numpy()].max() for b in batches]) / inputs.pad_len
+    shares = {}
+    for bucket in (0, bucket_batches):
+        generator = torch.Generator().manual_seed(0)
+        batches = epoch_batches(
+            len(lengths), batch_size, generator, lengths=torch.from_numpy(lengths),
+            bucket_batches=bucket,
+        )  # fmt: skip
+        shares[bucket] = computed_step_share(lengths, batches, inputs.pad_len)
     return (
-        f"padding: {1 - mask.mean():.0%} of the training time steps are padding "
-        f"(pad_len {inputs.pad_len}, mean length {lengths.mean():.0f}); padding each random "
-        f"batch to its longest would still compute {longest:.1%} of the steps, length-bucketed "
-        f"batches about {mask.mean():.0%}"
+        f"padding: real steps are {mask.mean():.0%} of pad_len x rows (pad_len {inputs.pad_len}, "
+        f"mean length {lengths.mean():.0f}); the network computes {shares[0]:.0%} of them with "
+        f"shuffled batches, {shares[bucket_batches]:.0%} with bucket_batches={bucket_batches}"
+    )
+
+
+def bucket_comparison(inputs, params, device: torch.device, bucket: int, rounds: int = 3) -> str:
+    """Plain shuffled batches vs length-bucketed ones, interleaved epochs (medians of
+    ``rounds``) at the current thread count, as a ratio."""
+    threads = torch.get_num_threads()
+    results: dict[int, list[tuple[float, float]]] = {0: [], bucket: []}
+    for _ in range(rounds):
+        for n in results:
+            variant = dataclasses.replace(params, bucket_batches=n)
+            _, rates, cpu_rate, _ = bench_training(inputs, variant, device, 1, threads)
+            results[n].append((rates[0], cpu_rate))
+    wall = {n: statistics.median(r[0] for r in v) for n, v in results.items()}
+    cpu = {n: statistics.median(r[1] for r in v) for n, v in results.items()}
+    verdict = "PASS" if wall[bucket] > wall[0] else "FAIL"
+    return (
+        f"bucketing: bucket_batches={bucket} vs 0, medians of {rounds} interleaved epochs: wall "
+        f"{wall[bucket]:.0f} vs {wall[0]:.0f} sequences/s (x{wall[bucket] / wall[0]:.2f}), per "
+        f"CPU-second {cpu[bucket]:.0f} vs {cpu[0]:.0f} (x{cpu[bucket] / cpu[0]:.2f}) -> {verdict}"
     )
 
 
@@ -165,6 +192,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="timed training epochs")
     parser.add_argument("--calls", type=int, default=300, help="timed one-sequence predictions")
     parser.add_argument("--augment", action="store_true", help="train with augmentation on")
+    parser.add_argument(
+        "--bucket", type=int, default=8, help="bucket_batches to compare with plain batches"
+    )
     args = parser.parse_args()
 
     paths = ensure_project()
@@ -194,7 +224,7 @@ def main() -> None:
         f"{params.time_stretch}, shift {params.time_shift}"
     )
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    print(padding_report(inputs, params.batch_size))
+    print(padding_report(inputs, params.batch_size, args.bucket))
     for device in devices:
         threads = configure_torch(device)
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -221,6 +251,7 @@ def main() -> None:
             f"  -> about {epoch_s:.1f} s per epoch, {stage_s / 60:.1f} min for "
             f"{params.epochs} epochs x {n_folds} folds (the whole stage, data prep excluded)"
         )
+        print(bucket_comparison(inputs, params, device, args.bucket))
         if device.type == "cpu" and threads > 1:
             print(thread_comparison(inputs, params, device, threads))
         model_ms, full_ms = bench_inference(model, inputs, frames, channels, device, args.calls)

@@ -124,6 +124,15 @@ class CheckpointStore:
                 raise CheckpointError(f"{file_path}: checksum mismatch (damaged file)")
         return LoadedUnit(path=path, meta=meta)
 
+    def peek_meta(self, name: str) -> dict[str, Any]:
+        """The ``meta`` a unit's marker records, unverified ({} if there is none or it is
+        unreadable): a cheap look before ``load``, which verifies."""
+        try:
+            meta = read_json(self.unit_dir(name) / DONE_MARKER).get("meta", {})
+        except (OSError, ValueError, AttributeError):
+            return {}
+        return dict(meta) if isinstance(meta, dict) else {}
+
     def discard(self, name: str) -> None:
         """Remove a unit and whatever a killed ``save`` of it left behind."""
         shutil.rmtree(self.unit_dir(name), ignore_errors=True)

@@ -50,6 +50,11 @@ RESULT_NEUTRAL_PARAMS: dict[str, str] = {
         "DataLoader workers only slice batches the main process drew (order, modality "
         "dropout) from seeded generators; batch_size=None keeps the order"
     ),
+    "torch.cpu_processes": (
+        "each member trains alone in one process with one intra-op thread from its own "
+        "seeds, whichever process runs it (cmi.nn.parallel); a test checks 1 vs 2 processes "
+        "give byte-identical outputs"
+    ),
 }
 
 

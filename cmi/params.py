@@ -85,8 +85,19 @@ class TorchParams:
     imu_only_model: bool = False
     # Loss weight of an orientation head on the pooled representation; 0 = no head.
     aux_orientation_weight: float = 0.0
+    # Batches of similar length (cmi.nn.batches.epoch_batches): rows sorted by length within
+    # chunks of this many batches; 0 = plain shuffle.
+    bucket_batches: int = 0
+    # CPU: members trained side by side in this many processes (cmi.nn.parallel), one
+    # thread each; 0 = one per usable core. Result-neutral.
+    cpu_processes: int = 0
     num_workers: int = 0
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for key in ("bucket_batches", "cpu_processes"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"params.yaml: torch.{key} must be >= 0, got {getattr(self, key)}")
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,9 @@ TINY_OVERRIDES: dict[str, dict[str, Any]] = {
         "conv_channels": [16, 32],
         "lstm_hidden": 16,
         "gru_hidden": 16,
+        # One process: tiny members train faster than workers start; the tests of
+        # cmi.nn.parallel ask for 2.
+        "cpu_processes": 1,
     },
 }
 

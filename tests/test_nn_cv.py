@@ -140,3 +140,20 @@ def test_replayed_curves_equal_uninterrupted_ones(tmp_path: Path, monkeypatch) -
     assert a["plots/metrics/fold_1/train_loss.tsv"].splitlines()[0] == "step\ttrain_loss"
     assert len(a["plots/metrics/fold_1/inner_test_like.tsv"].splitlines()) == 4
     assert not (tmp_path / "dvc.yaml").exists() and "dvc.yaml" not in a
+
+
+def test_members_train_side_by_side_only_on_plain_cpu() -> None:
+    from cmi.nn.parallel import cpu_processes
+    from cmi.nn.runtime import Distributed, Runtime
+    from cmi.params import Params
+
+    cpu = Runtime(torch.device("cpu"), Distributed(), 1)
+    two = Params(torch=replace(Params().torch, cpu_processes=2))
+    assert cpu_processes(two, cpu, pending=10) == 2
+    assert cpu_processes(two, cpu, pending=1) == 1  # nothing to share
+    assert cpu_processes(Params(torch=replace(Params().torch, cpu_processes=8)), cpu, 3) == 3
+    assert cpu_processes(Params(torch=replace(Params().torch, cpu_processes=0)), cpu, 50) >= 1
+    ddp = Runtime(torch.device("cpu"), Distributed(rank=0, world_size=2), 1)
+    assert cpu_processes(two, ddp, pending=10) == 1  # torchrun already splits the work
+    gpu = Runtime(torch.device("cuda"), Distributed(), 1)
+    assert cpu_processes(two, gpu, pending=10) == 1

@@ -14,10 +14,12 @@ from torch import nn
 from cmi.nn.data import FILL_VALUE, Scaler, modality_indices, pad_length, to_padded
 from cmi.nn.model import (
     TimeSeriesNet,
+    left_aligned,
     load_state_dict_file,
     masked_max_pool,
     plain_state_dict,
     pooled_mask,
+    reversed_real_steps,
     strip_prefixes,
 )
 from cmi.nn.predict import network_proba
@@ -81,7 +83,8 @@ def test_odd_lengths_keep_features_and_mask_aligned(pad_len: int) -> None:
     for _ in range(2):
         expected = -(-expected // 2)
     assert weights.shape == (len(lengths), expected)
-    assert torch.equal(small_mask, pooled_mask(mask, 2))
+    # the pooled mask is left-aligned: real steps first, whatever the padding was
+    assert torch.equal(small_mask, pooled_mask(mask.flip(1), 2))
     assert torch.all(weights[~small_mask] == 0.0)
     assert torch.isfinite(logits).all()
 
@@ -225,3 +228,55 @@ def test_saved_state_dict_bytes_depend_only_on_the_tensors(tmp_path) -> None:
     assert first.read_bytes() == second.read_bytes()
     loaded = load_state_dict_file(first)
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
+
+
+def one_sequence_padded(x: torch.Tensor, before: int, after: int) -> tuple[torch.Tensor, ...]:
+    """x (T, C) with ``before`` / ``after`` padded steps of garbage around it, and its mask."""
+    n, channels = x.shape
+    padded = torch.randn(before + n + after, channels) * 100
+    padded[before : before + n] = x
+    mask = torch.zeros(before + n + after, dtype=torch.bool)
+    mask[before : before + n] = True
+    return padded, mask
+
+
+@pytest.mark.parametrize("with_head", [False, True])
+def test_output_depends_on_the_real_steps_only_not_on_padding(with_head: bool) -> None:
+    """A sequence alone at its own length, front-padded, back-padded, padded on both sides,
+    or in a batch with a longer sequence: the same logits. Before, the forward LSTM and the
+    GRU ran over front padding and the pool windows shifted with the padding's parity."""
+    torch.manual_seed(1)
+    net = TimeSeriesNet(len(CHANNELS), conv_channels=(8, 12), lstm_hidden=6, gru_hidden=5,
+                        n_orientations=4 if with_head else 0).eval()  # fmt: skip
+
+    def outputs(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return net.forward_heads(x, mask) if with_head else (net(x, mask),)
+
+    for seq in [torch.randn(n, len(CHANNELS)) for n in (1, 2, 5, 23, 37, 50)]:
+        expected = outputs(seq[None], torch.ones(1, len(seq), dtype=torch.bool))
+        for before, after in ((PAD_LEN - len(seq), 0), (0, 13), (3, 0), (7, 6), (1, 2)):
+            x, mask = one_sequence_padded(seq, before, after)
+            for got, want in zip(outputs(x[None], mask[None]), expected, strict=True):
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        # beside a longer row in one batch, front-padded like the torch stage pads
+        x, mask = one_sequence_padded(seq, PAD_LEN - len(seq), 0)
+        x = torch.stack([x, torch.randn(PAD_LEN, len(CHANNELS))])
+        mask = torch.stack([mask, torch.ones(PAD_LEN, dtype=torch.bool)])
+        for got, want in zip(outputs(x, mask), expected, strict=True):
+            torch.testing.assert_close(got[:1], want, rtol=1e-5, atol=1e-6)
+
+
+def test_left_aligned_moves_real_steps_first_and_cuts_after_the_longest() -> None:
+    x = torch.arange(2 * 6, dtype=torch.float32).reshape(2, 6, 1)
+    mask = torch.tensor([[False, False, False, True, True, False],
+                         [False, True, True, True, False, False]])  # fmt: skip
+    moved, aligned = left_aligned(x, mask)
+    assert aligned.tolist() == [[True, True, False], [True, True, True]]
+    assert moved[0, :2, 0].tolist() == [3.0, 4.0]
+    assert moved[1, :, 0].tolist() == [7.0, 8.0, 9.0]
+    h = torch.randn(2, 5, 3)
+    lengths = torch.tensor([3, 0])
+    flipped = reversed_real_steps(h, lengths)
+    assert torch.equal(flipped[0, :3], h[0, :3].flip(0))
+    assert torch.equal(flipped[0, 3:], h[0, 3:]) and torch.equal(flipped[1], h[1])
+    assert torch.equal(reversed_real_steps(flipped, lengths), h)

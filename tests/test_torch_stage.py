@@ -391,3 +391,41 @@ def test_stage_with_every_technique_on(tiny_features_project: Path, tmp_path: Pa
     )
     assert metrics_without_wall_time(root) == metrics_without_wall_time(again)
     assert curve_files(root) == curve_files(again)
+
+
+@pytest.mark.slow
+def test_members_trained_in_two_processes_give_the_same_outputs(
+    torch_run: tuple[Path, str], tiny_features_project: Path, tmp_path: Path
+) -> None:
+    """torch.cpu_processes is result-neutral (cmi.deps.RESULT_NEUTRAL_PARAMS): every member
+    file, the OOF, the curves and the metrics are the same for 1 and 2 processes."""
+    reference, _ = torch_run  # tiny params: cpu_processes 1
+    root = project_with(tiny_features_project, tmp_path / "p", {"cpu_processes": 2})
+    result = run_stage(STAGE, root)
+    assert "in 2 processes (1 intra-op thread each)" in result.stderr
+    assert_same_outputs(reference, root)
+    ref_dir, got_dir = ProjectPaths(reference).torch_dir, ProjectPaths(root).torch_dir
+    names = sorted(p.name for p in ref_dir.iterdir())
+    assert names == sorted(p.name for p in got_dir.iterdir()) and "fold_0_imu.pt" in names
+    for name in names:
+        assert (ref_dir / name).read_bytes() == (got_dir / name).read_bytes(), name
+
+
+@pytest.mark.slow
+def test_a_killed_worker_stops_the_stage_and_a_rerun_resumes_identically(
+    torch_run: tuple[Path, str], tiny_features_project: Path, tmp_path: Path
+) -> None:
+    reference, _ = torch_run
+    root = project_with(tiny_features_project, tmp_path / "p", {"cpu_processes": 2})
+    killed = run_stage(
+        STAGE, root, check=False, env={"CMI_TORCH_KILL_AT": "fold=1,epoch=2,batch=1"}
+    )
+    assert killed.returncode not in (0, -signal.SIGKILL), killed.stderr[-2000:]
+    assert "a Torch training worker died" in killed.stderr
+    assert not ProjectPaths(root).oof("torch").exists()
+    [last] = list((root / "checkpoints" / "torch").glob("*/fold_1/last.pt"))
+    assert torch.load(last, weights_only=True)["epoch"] == 1
+
+    resumed = run_stage(STAGE, root)
+    assert "fold 1: resuming from epoch 2 (checkpoint" in resumed.stderr
+    assert_same_outputs(reference, root)

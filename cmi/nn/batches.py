@@ -23,11 +23,32 @@ from cmi.nn.runtime import derive_seed
 
 
 def epoch_batches(
-    n: int, batch_size: int, generator: torch.Generator, world_size: int = 1
+    n: int,
+    batch_size: int,
+    generator: torch.Generator,
+    world_size: int = 1,
+    lengths: torch.Tensor | None = None,
+    bucket_batches: int = 0,
 ) -> list[torch.Tensor]:
-    """Shuffled index batches; a last batch too small to give every rank a row is dropped."""
+    """Shuffled index batches; a last batch too small to give every rank a row is dropped.
+
+    With ``bucket_batches`` >= 2 and the rows' ``lengths``, the shuffled rows are cut into
+    chunks of ``bucket_batches`` batches, each chunk is sorted by length and cut into batches,
+    and the batches are shuffled: a batch then holds sequences of similar length, and the
+    network (which cuts a batch after its longest sequence) runs far fewer padded steps.
+    The number and sizes of batches are those of the plain shuffle.
+    """
     perm = torch.randperm(n, generator=generator)
-    batches = list(torch.split(perm, batch_size))
+    if bucket_batches < 2 or lengths is None:
+        batches = list(torch.split(perm, batch_size))
+    else:
+        batches = []
+        for chunk in torch.split(perm, batch_size * bucket_batches):
+            order = torch.sort(lengths[chunk], stable=True).indices
+            batches.extend(torch.split(chunk[order], batch_size))
+        last = batches.pop() if len(batches[-1]) < batch_size else None
+        shuffled = torch.randperm(len(batches), generator=generator).tolist()
+        batches = [batches[i] for i in shuffled] + ([last] if last is not None else [])
     if batches and len(batches[-1]) < world_size:
         batches.pop()
     return batches

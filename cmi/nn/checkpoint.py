@@ -114,5 +114,11 @@ def load_member_checkpoint(store: CheckpointStore, member: Member) -> FoldCheckp
     return FoldCheckpoint(kind, path, payload)
 
 
+def is_finished(store: CheckpointStore, member: Member) -> bool:
+    """Whether ``member``'s unit says it holds a finished model (its marker's meta only, not
+    verified: ``load_member_checkpoint`` verifies before anything is used)."""
+    return store.peek_meta(member.name).get("kind") == "finished"
+
+
 def discard_member(store: CheckpointStore, member: Member) -> None:
     store.discard(member.name)

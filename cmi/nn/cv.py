@@ -29,6 +29,7 @@ from cmi.nn.augment import check_augment_params
 from cmi.nn.data import Scaler, input_channels
 from cmi.nn.fold_data import FoldInputs, inner_fold_of, labeled_sequences, prepare_fold
 from cmi.nn.members import Member, fold_members, member_inputs, member_seeds, network_architecture
+from cmi.nn.parallel import cpu_processes, train_in_processes
 from cmi.nn.runtime import Runtime
 from cmi.nn.train import BatchHook, EpochHook, TorchFoldResult, train_torch_fold
 from cmi.nn.views import ViewPredictions, average_predictions
@@ -191,7 +192,7 @@ def load_finished_member(store: CheckpointStore, member: Member) -> TorchFoldRes
     return result
 
 
-def _trainmember_of(
+def train_member(
     inputs: FoldInputs,
     member: Member,
     params: Params,
@@ -233,14 +234,17 @@ def run_torch_fold(
     store: CheckpointStore | None = None,
     on_batch: BatchHook | None = None,
     on_epoch: EpochHook | None = None,
+    trained: dict[str, TorchFoldResult] | None = None,
 ) -> TorchFold:
-    """Every member of ``fold``: finished ones from the store, the others trained (resuming
-    from their last epoch)."""
+    """Every member of ``fold``: those in ``trained`` (by member name, trained elsewhere),
+    finished ones from the store, the others trained here (resuming from their last epoch)."""
     inputs: FoldInputs | None = None  # prepared only if some member must train
     results = []
     for member in fold_members(fold, params.torch):
         runtime.barrier()
-        done = load_finished_member(store, member) if store is not None else None
+        done = trained.get(member.name) if trained is not None else None
+        if done is None and store is not None:
+            done = load_finished_member(store, member)
         if done is not None:
             if on_epoch is not None and runtime.dist.is_main:
                 for row in done.curves:
@@ -251,7 +255,7 @@ def run_torch_fold(
             inputs = prepare_fold(
                 data.frame_features, data.labeled, fold, data.channels, params.torch
             )
-        results.append(_trainmember_of(inputs, member, params, runtime, store, on_batch, on_epoch))
+        results.append(train_member(inputs, member, params, runtime, store, on_batch, on_epoch))
     full = next(r for r in results if member_of(r).kind == "full")
     return TorchFold(fold, full.inner_fold, results, full.scaler, full.pad_len)
 
@@ -265,10 +269,17 @@ def run_torch_cv(
     on_batch: BatchHook | None = None,
     on_epoch: EpochHook | None = None,
 ) -> list[TorchFold]:
-    """Train (or reuse from ``store``) every member of every outer fold, in fold order."""
+    """Train (or reuse from ``store``) every member of every outer fold, in fold order; on
+    CPU the unfinished members train side by side (``cmi.nn.parallel``)."""
     check_augment_params(params.torch)
     member_seeds(params.torch)  # a repeated seed fails before any training
+    members = [m for fold in range(data.n_folds) for m in fold_members(fold, params.torch)]
+    pending = [m for m in members if store is None or not ckpt.is_finished(store, m)]
+    processes = cpu_processes(params, runtime, len(pending))
+    trained = None
+    if processes > 1:
+        trained = train_in_processes(data, pending, params, store, processes, on_batch)
     return [
-        run_torch_fold(data, fold, params, runtime, store, on_batch, on_epoch)
+        run_torch_fold(data, fold, params, runtime, store, on_batch, on_epoch, trained)
         for fold in range(data.n_folds)
     ]

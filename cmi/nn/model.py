@@ -1,8 +1,17 @@
 """TimeSeriesNet: Conv1d blocks -> BiLSTM -> GRU -> masked attention pooling -> 18 logits
 (and, with ``n_orientations``, an auxiliary orientation head on the same pooled vector).
 
-Padding never leaks into the output: padded steps are zeroed before every convolution, excluded
-from every max-pool window that has a real step, and get exactly zero attention weight.
+A sequence's output depends on its real steps only, not on how much padding surrounds them
+or where (in eval mode; up to float rounding). The real steps are first moved to the start
+of the time axis (``left_aligned``) and the axis is cut after the batch's longest sequence, so:
+convolutions see zeros beyond the real steps exactly as their own zero padding; every max-pool
+window starts at a fixed offset from the first real step; the forward recurrences (LSTM, GRU)
+meet the real steps before any padding, and the LSTM's backward direction runs over each row's
+real steps reversed (``reversed_real_steps``), so no recurrent state ever passes through a
+padded step before a real one. Padded steps get exactly zero attention weight.
+
+That is what lets training batch sequences of similar length (``torch.bucket_batches``) and
+inference run a sequence at its own length: a batch costs its longest sequence, not pad_len.
 """
 
 from __future__ import annotations
@@ -55,6 +64,40 @@ def masked_max_pool(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, 
     pooled = filled.view(batch, channels, steps // 2, 2).amax(dim=-1)
     pooled_mask = mask.view(batch, steps // 2, 2).any(dim=-1)
     return pooled.masked_fill(~pooled_mask[:, None, :], 0.0), pooled_mask
+
+
+def left_aligned(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's real steps (one contiguous run per row: padding before and/or after it)
+    moved to the start of the time axis, and the axis cut after the longest row.
+
+    x (B, T, C), mask (B, T) -> x (B, T*, C), mask (B, T*) with T* = the most real steps of
+    any row (at least 1). Steps after a row's real ones are padding (masked).
+    """
+    lengths = mask.sum(dim=1)
+    width = max(int(lengths.max()), 1) if mask.shape[0] else 1
+    if width == mask.shape[1] and bool(mask.all()):
+        return x, mask  # nothing to move (every row is all real steps)
+    first = mask.to(torch.uint8).argmax(dim=1)  # first real step (0 for an all-padded row)
+    steps = torch.arange(width, device=mask.device)
+    index = (first[:, None] + steps[None, :]).clamp(max=mask.shape[1] - 1)
+    aligned = steps[None, :] < lengths[:, None]
+    moved = x.gather(1, index[..., None].expand(-1, -1, x.shape[2]))
+    return moved, aligned
+
+
+def reversed_real_steps(h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """(B, T, C) left-aligned rows with their first ``lengths`` steps in reverse order; the
+    steps after them stay where they are. Applied twice it gives back ``h``."""
+    steps = torch.arange(h.shape[1], device=h.device)[None, :]
+    index = torch.where(steps < lengths[:, None], lengths[:, None] - 1 - steps, steps)
+    return h.gather(1, index[..., None].expand(-1, -1, h.shape[2]))
+
+
+def pooled_length(steps: int, n_pools: int) -> int:
+    """Time steps left after ``n_pools`` MaxPool1d(2, ceil_mode=True)."""
+    for _ in range(n_pools):
+        steps = -(-steps // 2)
+    return steps
 
 
 def pooled_mask(mask: torch.Tensor, n_pools: int) -> torch.Tensor:
@@ -110,7 +153,10 @@ class TimeSeriesNet(nn.Module):
             ConvBlock(widths[i], widths[i + 1], dropout) for i in range(len(conv_channels))
         )
         self.n_pools = min(N_POOLS, len(conv_channels))
-        self.lstm = nn.LSTM(widths[-1], lstm_hidden, batch_first=True, bidirectional=True)
+        # The BiLSTM as two one-way LSTMs: the backward one reads each row's real steps in
+        # reverse, which one bidirectional call over a padded batch cannot do.
+        self.lstm_forward = nn.LSTM(widths[-1], lstm_hidden, batch_first=True)
+        self.lstm_backward = nn.LSTM(widths[-1], lstm_hidden, batch_first=True)
         self.gru = nn.GRU(2 * lstm_hidden, gru_hidden, batch_first=True)
         self.attention = MaskedAttentionPool(gru_hidden)
         self.head = nn.Sequential(
@@ -149,15 +195,24 @@ class TimeSeriesNet(nn.Module):
     def forward_with_attention(
         self, x: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """logits (B, n_classes), attention weights (B, T') and the pooled mask (B, T')."""
+        """logits (B, n_classes), attention weights (B, T') and the pooled mask (B, T').
+
+        T' is T pooled ``n_pools`` times. Weights and mask are left-aligned: pooled step j
+        covers real steps j * 2**n_pools onwards of the row, whatever its padding was.
+        """
+        steps = x.shape[1]
         pooled, weights, mask = self._pooled(x, mask)
+        full = pooled_length(steps, self.n_pools)
+        weights = F.pad(weights, (0, full - weights.shape[1]))
+        mask = F.pad(mask, (0, full - mask.shape[1]), value=False)
         return self.head(pooled), weights, mask
 
     def _pooled(
         self, x: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The attention-pooled representation (B, gru_hidden) every head reads."""
-        mask = mask.bool()
+        """The attention-pooled representation (B, gru_hidden) every head reads, the
+        attention weights and the pooled mask (both left-aligned, cut after the longest row)."""
+        x, mask = left_aligned(x, mask.bool())
         h = x.masked_fill(~mask[..., None], 0.0).transpose(1, 2)  # (B, C, T)
         for i, block in enumerate(self.blocks):
             h = block(h)
@@ -166,7 +221,10 @@ class TimeSeriesNet(nn.Module):
             else:
                 h = h * mask[:, None, :].to(h.dtype)  # finite here: a product is safe and cheap
         h = h.transpose(1, 2)  # (B, T', C)
-        h, _ = self.lstm(h)
+        lengths = mask.sum(dim=1)
+        forward, _ = self.lstm_forward(h)
+        backward, _ = self.lstm_backward(reversed_real_steps(h, lengths))
+        h = torch.cat([forward, reversed_real_steps(backward, lengths)], dim=2)
         h = h * mask[..., None].to(h.dtype)
         h, _ = self.gru(h)
         pooled, weights = self.attention(h, mask)

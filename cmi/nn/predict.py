@@ -42,10 +42,13 @@ def network_outputs(
     device = next(model.parameters()).device
     chunks: list[np.ndarray] = []
     orientation_chunks: list[np.ndarray] = []
+    # Batches of similar length: the network cuts each batch after its longest sequence.
+    order = np.argsort(mask.sum(axis=1), kind="stable")
     try:
         for start in range(0, x.shape[0], batch_size):
-            xb = torch.as_tensor(x[start : start + batch_size], dtype=torch.float32, device=device)
-            mb = torch.as_tensor(mask[start : start + batch_size], dtype=torch.bool, device=device)
+            rows = order[start : start + batch_size]
+            xb = torch.as_tensor(x[rows], dtype=torch.float32, device=device)
+            mb = torch.as_tensor(mask[rows], dtype=torch.bool, device=device)
             if heads:
                 logits, orientation = model.forward_heads(xb, mb)
                 orientation_chunks.append(_softmax(orientation))
@@ -55,8 +58,9 @@ def network_outputs(
     finally:
         if was_training:
             model.train()
-    proba = _stack(chunks, _n_classes(model))
-    orientation_proba = _stack(orientation_chunks, N_ORIENTATIONS) if heads else None
+    back = np.argsort(order, kind="stable")  # the rows in the caller's order again
+    proba = _stack(chunks, _n_classes(model))[back]
+    orientation_proba = _stack(orientation_chunks, N_ORIENTATIONS)[back] if heads else None
     return proba, orientation_proba
 
 

@@ -79,10 +79,21 @@ def usable_cores() -> int:
     return max(1, cores or 1)
 
 
-def configure_torch(device: torch.device, dist: Distributed | None = None) -> int:
-    """Threads = usable cores (shared between local ranks); deterministic kernels where possible."""
+# Intra-op threads of a CPU training process outside torchrun. One: this network trains
+# faster on 1 thread than on 2 (bench/torch_train.py), so cores go to members trained side by
+# side (cmi.nn.parallel); and a CPU result then does not depend on the machine's core count.
+CPU_THREADS = 1
+
+
+def configure_torch(
+    device: torch.device, dist: Distributed | None = None, threads: int | None = None
+) -> int:
+    """Intra-op threads (``threads``; by default CPU_THREADS on CPU outside torchrun, else the
+    usable cores shared between local ranks); deterministic kernels where possible."""
     ranks = dist.world_size if dist and dist.enabled else 1
-    threads = max(1, usable_cores() // ranks)
+    if threads is None:
+        plain_cpu = device.type == "cpu" and ranks == 1
+        threads = CPU_THREADS if plain_cpu else max(1, usable_cores() // ranks)
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     if device.type == "cuda":

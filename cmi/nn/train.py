@@ -211,7 +211,10 @@ def train_epoch(
     seed_everything(derive_seed(seed, inputs.fold, epoch, "train"))
     generator = torch.Generator().manual_seed(derive_seed(seed, inputs.fold, epoch, "data"))
     n = len(inputs.train)
-    batches = epoch_batches(n, params.batch_size, generator, dist.world_size)
+    lengths = tensors[1].sum(dim=1)  # real steps per row (the mask)
+    batches = epoch_batches(
+        n, params.batch_size, generator, dist.world_size, lengths, params.bucket_batches
+    )
     drop = torch.rand(n, generator=generator) < params.modality_dropout
     if dist.enabled:
         batches = [b[dist.rank :: dist.world_size] for b in batches]
@@ -429,18 +432,27 @@ def _finish(
     )
 
 
-def kill_hook(spec: str | None) -> BatchHook | None:
-    """Test hook: spec "fold=1,epoch=2,batch=3" SIGKILLs this process just before that
-    training step (fold as in fold_k, epoch 1-based as logged, batch 0-based)."""
-    if not spec:
-        return None
-    where = {k.strip(): int(v) for k, v in (part.split("=") for part in spec.split(","))}
-    target = (where["fold"], where["epoch"], where["batch"])
+@dataclass(frozen=True)
+class KillAt:
+    """Test hook (a BatchHook): SIGKILLs the process that is about to run training step
+    (fold, epoch 1-based as logged, batch 0-based). A plain object, so it reaches the
+    worker processes of ``cmi.nn.parallel`` too."""
 
-    def hook(fold: int, epoch: int, batch: int) -> None:
-        if (fold, epoch, batch) == target:
-            log.warning("kill hook %s: killing myself", spec)
+    fold: int
+    epoch: int
+    batch: int
+
+    def __call__(self, fold: int, epoch: int, batch: int) -> None:
+        if (fold, epoch, batch) == (self.fold, self.epoch, self.batch):
+            log.warning("kill hook %s: killing myself", self)
             logging.shutdown()
             os.kill(os.getpid(), signal.SIGKILL)
 
-    return hook
+
+def kill_hook(spec: str | None) -> BatchHook | None:
+    """Test hook: spec "fold=1,epoch=2,batch=3" SIGKILLs the process training that step
+    (fold as in fold_k, epoch 1-based as logged, batch 0-based)."""
+    if not spec:
+        return None
+    where = {k.strip(): int(v) for k, v in (part.split("=") for part in spec.split(","))}
+    return KillAt(where["fold"], where["epoch"], where["batch"])
