@@ -65,8 +65,16 @@ class SensorBlock:
     def from_frame(cls, sensor: pl.DataFrame) -> SensorBlock:
         """From a table of exactly SENSOR_COLUMNS, all Float64: one copy out of polars
         (column-major, so a sensor's pixels are contiguous per pixel), then the pixels to
-        float32 (faster than per-column conversions or a polars cast, measured)."""
+        float32 (faster than per-column conversions or a polars cast, measured).
+
+        Nulls become NaN, and so do +-inf (before the float32 cast, which only overflows):
+        ``prepare_sensor_frame`` nulls them too, unless told not to, which saves the extract
+        stage a pass over the whole table; this block is in cache."""
         values = sensor.to_numpy(order="fortran")
+        infinite = np.isinf(values)
+        if infinite.any():
+            values = values if values.flags.writeable else values.copy()
+            values[infinite] = np.nan
         tof = values[:, _TOF].T.astype(np.float32)
         return cls(values[:, _ACC], values[:, _ROT], values[:, _THM], tof)
 

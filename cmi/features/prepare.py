@@ -121,15 +121,21 @@ def _finite_number(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
 
-def prepare_sensor_frame(frame: pl.DataFrame) -> pl.DataFrame:
+def prepare_sensor_frame(frame: pl.DataFrame, *, non_finite_to_null: bool = True) -> pl.DataFrame:
     """Coerce any sensor table (train, Kaggle test, odd inference input) to ``PREPARED_SCHEMA``.
 
     Keeps sequence_id (String; missing -> "unknown"), sequence_counter (Int64; missing ->
     row position), subject (String) and every sensor column as Float64, in that order. Extra
     columns (train-only labels included) are dropped, missing sensor columns are added as
     null, numbers in strings are parsed (unparsable -> null), NaN/inf -> null.
+
+    ``non_finite_to_null=False`` leaves NaN/inf as they are: ``compute_features`` reads NaN
+    as missing and turns +-inf into NaN itself (``channels.SensorBlock.from_frame``), so its
+    results are the same; the extract stage saves a pass over the whole train table.
     """
-    prepared = _non_finite_to_null(_sensor_columns(frame))
+    prepared = _sensor_columns(frame)
+    if non_finite_to_null:
+        prepared = _non_finite_to_null(prepared)
     sequence_id = _as_string(frame, "sequence_id")
     if sequence_id.null_count():
         sequence_id = sequence_id.fill_null(MISSING_SEQUENCE_ID)
