@@ -21,6 +21,7 @@ from cmi.features import (
     sequence_feature_names,
 )
 from cmi.features.channels import SensorBlock
+from cmi.features.groups import Groups
 from cmi.params import ExtractParams
 from cmi.rotation import gravity_in_device_frame, relative_rotation_vectors
 from cmi.schema import (
@@ -267,6 +268,31 @@ def test_tof_statistics_of_valid_pixels() -> None:
     assert features.sequences["sensor_group"].to_list() == ["full"]
 
 
+@pytest.mark.parametrize("negative_zero", [False, True])
+def test_nearest_valid_pixel_as_a_masked_min(negative_zero: bool) -> None:
+    """channels._valid_minimum (on the bits) is the minimum of the valid pixels, bit for
+    bit, wherever a frame has one: among -1, NaN, +inf and huge values; with a -0.0 too."""
+    from cmi.features.channels import _valid_minimum
+
+    rng = np.random.default_rng(11)
+    pixels = rng.integers(0, 250, size=(2, 64, 500)).astype(np.float32)
+    pixels[rng.random(pixels.shape) < 0.6] = -1.0
+    pixels[rng.random(pixels.shape) < 0.05] = np.nan
+    pixels[rng.random(pixels.shape) < 0.02] = np.inf
+    pixels[0, :, :7] = -1.0  # frames with no valid pixel
+    pixels[1, 3, 9] = 3e38
+    pixels[0, 5, 20] = 0.0
+    if negative_zero:
+        pixels[0, 7, 20] = -0.0
+        pixels[1, 2, 30] = -0.0
+    valid = (pixels >= 0) & (pixels < np.inf)
+    expected = np.where(valid, pixels, np.float32(np.inf)).min(axis=1)
+    got = _valid_minimum(pixels, valid)
+    some = valid.any(axis=1)
+    assert some.sum() > 900 and not some.all()
+    np.testing.assert_array_equal(got[some].view(np.uint32), expected[some].view(np.uint32))
+
+
 def test_imu_only_routes_on_nulls(batch: FeatureSet, roles: dict[str, list[str]]) -> None:
     sequences = batch.sequences
     imu_only = roles["imu_only"]
@@ -378,6 +404,29 @@ def test_sequence_statistics_of_a_ramp() -> None:
     assert row["acc_x__seg0_mean"][0] == pytest.approx(1.0)
     assert row["acc_x__seg2_max"][0] == pytest.approx(8.0)
     assert row["length"][0] == n
+
+
+@pytest.mark.parametrize("slots", [16, 2_048])
+def test_group_quantiles_are_numpys(slots: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per group, np.quantile of each channel: groups of every length (1 frame; longer than
+    a chunk's slots), in any order, a channel missing (NaN) in a group, chunked or not."""
+    from cmi.features import stats
+
+    monkeypatch.setattr(stats, "_QUANTILE_SLOTS", slots)
+    rng = np.random.default_rng(5)
+    counts = np.array([1, 2, 40, 3, 7, 7, 120, 5, 1, 64])
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    groups = Groups(starts, counts, int(counts.sum()))
+    channels = rng.normal(size=(3, groups.n_rows))
+    channels[1, starts[4] : starts[4] + counts[4]] = np.nan  # channel 1 missing in group 4
+    quantiles = [0.1, 0.5, 0.9]
+    got = stats.group_quantiles(channels, groups, quantiles)
+    for g, (start, count) in enumerate(zip(starts, counts, strict=True)):
+        values = channels[:, start : start + count]
+        for result, q in zip(got, quantiles, strict=True):
+            np.testing.assert_allclose(
+                result[:, g], np.quantile(values, q, axis=1), rtol=0, atol=1e-12
+            )
 
 
 # ----------------------------------------------------------------------------- train-only columns

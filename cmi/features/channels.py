@@ -193,13 +193,30 @@ def tof_channels(pixels: np.ndarray, tof_regions: bool) -> np.ndarray:
     out = np.empty((n_sensors, n_tof_channels(tof_regions), n_rows), dtype=np.float32)
     with np.errstate(invalid="ignore", divide="ignore"):
         out[:, 0] = np.where(n_valid > 0, region_total.sum(axis=1) / n_valid, far)
-        minimum = np.where(valid, pixels, np.float32(np.inf)).min(axis=1)
+        minimum = _valid_minimum(pixels, valid)
         out[:, 1] = np.where(n_valid > 0, minimum, far)
         out[:, 2] = (n_reported - n_valid) / n_reported
         if tof_regions:
             out[:, 3:] = np.where(region_valid > 0, region_total / region_valid, far)
     out[np.broadcast_to((n_reported == 0)[:, None, :], out.shape)] = np.nan
     return out.reshape(-1, n_rows)
+
+
+_NEGATIVE_ZERO_BITS = np.float32(-0.0).view(np.uint32)
+
+
+def _valid_minimum(pixels: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(S, 64, R) -> (S, R): each frame's smallest valid pixel (anything where none is valid).
+
+    Taken on the bits as uint32, without a masked copy (~10x faster): float32 values with
+    the sign bit clear order as their bits do, and NaN (absent), +inf (overflowed) and every
+    negative value (no reflection) come after all finite ones. -0.0 is valid but its bits
+    come after the positives: a call that has one takes the masked way.
+    """
+    bits = pixels.view(np.uint32)
+    if (bits == _NEGATIVE_ZERO_BITS).any():
+        return np.where(valid, pixels, np.float32(np.inf)).min(axis=1)
+    return bits.min(axis=1).view(np.float32)
 
 
 def _count(mask: np.ndarray, axis: int | tuple[int, ...]) -> np.ndarray:

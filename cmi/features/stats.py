@@ -13,7 +13,10 @@ import numpy as np
 from cmi.features.groups import Groups
 from cmi.features.names import QUANTILES, SEGMENT_STATS, WHOLE_STATS
 
-_QUANTILE_SLOTS = 16_384  # padded (sequence, frame) slots sorted at once (bounds memory)
+# Padded (sequence, frame) slots sorted at once: it bounds memory, and smaller chunks hold
+# sequences of closer lengths, so less NaN padding is sorted (a 4,096-row block of the full
+# data: 16,384 -> 2,048 slots, with the gather below, cut its quantiles from 40 to 19 ms).
+_QUANTILE_SLOTS = 2_048
 
 
 def _length_chunks(counts: np.ndarray) -> Iterator[np.ndarray]:
@@ -43,12 +46,14 @@ def group_quantiles(
     """
     n_channels, n_groups = channels.shape[0], len(groups.counts)
     out = [np.full((n_channels, n_groups), np.nan) for _ in quantiles]
+    # one NaN column past the last row: padding slots gather it (a plain take, no mask)
+    with_nan = np.concatenate([channels, np.full((n_channels, 1), np.nan)], axis=1)
     for chunk in _length_chunks(groups.counts):
         counts = groups.counts[chunk]
         steps = np.arange(counts.max())
         inside = steps[None, :] < counts[:, None]
-        padded = np.full((n_channels, len(chunk), len(steps)), np.nan)
-        padded[:, inside] = channels[:, (groups.starts[chunk][:, None] + steps[None, :])[inside]]
+        rows = np.where(inside, groups.starts[chunk][:, None] + steps[None, :], channels.shape[1])
+        padded = np.take(with_nan, rows, axis=1)  # (C, groups of the chunk, longest)
         padded.sort(axis=2)
         which = np.arange(len(chunk))
         for result, q in zip(out, quantiles, strict=True):
