@@ -69,13 +69,17 @@ class SensorBlock:
 
         Nulls become NaN, and so do +-inf (before the float32 cast, which only overflows):
         ``prepare_sensor_frame`` nulls them too, unless told not to, which saves the extract
-        stage a pass over the whole table; this block is in cache."""
+        stage a pass over the whole table; this block is in cache. The pixels are looked at
+        as float32 (half the bytes); an inf there is an inf or a value that overflowed, and
+        only then do the float64 values say which."""
         values = sensor.to_numpy(order="fortran")
-        infinite = np.isinf(values)
-        if infinite.any():
-            values = values if values.flags.writeable else values.copy()
-            values[infinite] = np.nan
         tof = values[:, _TOF].T.astype(np.float32)
+        if np.isinf(values[:, : _TOF.start]).any() or np.isinf(tof).any():
+            infinite = np.isinf(values)
+            if infinite.any():
+                values = values if values.flags.writeable else values.copy()
+                values[infinite] = np.nan
+                tof = values[:, _TOF].T.astype(np.float32)
         return cls(values[:, _ACC], values[:, _ROT], values[:, _THM], tof)
 
     def mirrored(self, rows: np.ndarray, *, in_place: bool = False) -> SensorBlock:
