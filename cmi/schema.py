@@ -340,6 +340,9 @@ def _check_counters(path: Path, frame: pl.DataFrame) -> None:
 def validate_sensor_frame(path: Path, frame: pl.DataFrame, *, labelled: bool) -> None:
     """Checks that go beyond dtypes: ids, duplicates, counters, one subject (and one gesture)
     per sequence, known gestures. Each error names file, column and 1-based data row."""
+    if _passes_by_neighbours(frame, labelled=labelled):
+        _check_known_gestures(path, frame, labelled=labelled)
+        return
     _check_no_nulls(path, frame, ("row_id", "sequence_id", "subject"))
     repeated = _first_row(~frame.get_column("row_id").is_first_distinct())
     if repeated is not None:
@@ -352,13 +355,45 @@ def validate_sensor_frame(path: Path, frame: pl.DataFrame, *, labelled: bool) ->
         )
     _check_counters(path, frame)
     _check_one_value_per_sequence(path, frame, "subject", "subject")
+    _check_known_gestures(path, frame, labelled=labelled)
+    if labelled:
+        _check_one_value_per_sequence(path, frame, "gesture", "gesture")
+
+
+def _check_known_gestures(path: Path, frame: pl.DataFrame, *, labelled: bool) -> None:
     if labelled:
         unknown = _first_row(~frame.get_column("gesture").is_in(list(GESTURES)))
         if unknown is not None:
             raise SchemaError(
                 f"{_at(path, 'gesture', unknown)}: unknown gesture {frame['gesture'][unknown]!r}"
             )
-        _check_one_value_per_sequence(path, frame, "gesture", "gesture")
+
+
+def _passes_by_neighbours(frame: pl.DataFrame, *, labelled: bool) -> bool:
+    """Whether the id, counter, subject (and gesture) checks of ``validate_sensor_frame``
+    would pass, seen from neighbouring rows only (no hashing of 500k strings: ~5x less CPU
+    on the full data). Holds for files sorted by sequence_id with increasing row_ids, as the
+    competition's are; anything else (a failure included) goes the exact way, which also
+    names the row."""
+    columns = ["row_id", "sequence_id", "sequence_counter", "subject"]
+    columns += ["gesture"] if labelled else []
+    if frame.height < 2 or any(frame.get_column(c).null_count() for c in columns):
+        return False
+
+    def after_previous(column: str) -> pl.Expr:
+        return pl.col(column) > pl.col(column).shift(1)
+
+    def as_previous(column: str) -> pl.Expr:
+        return pl.col(column) == pl.col(column).shift(1)
+
+    same_sequence = as_previous("sequence_id")
+    rules = [
+        same_sequence | after_previous("sequence_id"),  # sorted: each sequence one run
+        after_previous("row_id"),  # strictly increasing: no repeats
+        ~same_sequence | after_previous("sequence_counter"),
+        *(~same_sequence | as_previous(c) for c in columns[3:]),  # one subject (gesture)
+    ]
+    return bool(frame.select(pl.all_horizontal(rules).slice(1).all()).item())
 
 
 def validate_demographics(

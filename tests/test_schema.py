@@ -205,6 +205,25 @@ def _lines(path: Path) -> list[bytes]:
     return path.read_bytes().splitlines(keepends=True)
 
 
+def test_files_out_of_sequence_order_validate_the_exact_way(raw_dir: Path) -> None:
+    """validate_sensor_frame checks a file sorted by sequence_id (row_ids increasing) from
+    neighbouring rows; valid files in any other order take the exact checks and pass too,
+    and a file that fails (every case of BAD_INPUTS) is named by the exact checks."""
+    from cmi.schema import _passes_by_neighbours
+
+    train = pl.read_csv(raw_dir / "train.csv", schema=TRAIN_SCHEMA)
+    assert _passes_by_neighbours(train, labelled=True)
+    ids = train["sequence_id"].unique(maintain_order=True)
+    shuffled = pl.concat(
+        [train.filter(pl.col("sequence_id") == i) for i in ids.to_list()[::-1]]
+    ).with_columns(pl.col("row_id").str.replace("^", "r").alias("row_id"))
+    reversed_ids = shuffled.with_columns(pl.col("row_id").reverse())  # unique, decreasing
+    for frame in (shuffled, reversed_ids):
+        assert not _passes_by_neighbours(frame, labelled=True)
+        frame.write_csv(raw_dir / "train.csv")
+        read_raw_dir(raw_dir)
+
+
 def test_truncated_last_row_is_refused(raw_dir: Path) -> None:
     """An interrupted download: the last row stops half-way, at a field boundary, so every
     value it has parses (polars alone fills the missing fields with nulls, silently)."""
