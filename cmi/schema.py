@@ -9,7 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
 TARGET_GESTURES: tuple[str, ...] = (
@@ -215,6 +214,10 @@ _COUNT_CHUNK_BYTES = 1 << 21
 
 def _byte_counts(path: Path) -> _ByteCounts:
     """Line ends, commas and quotes in the file, read in chunks into one reused buffer."""
+    # numpy here, not at the top: bench/extract.py's floor (a plain polars read) imports
+    # this module for TRAIN_SCHEMA, and should not pay for numpy's import.
+    import numpy as np
+
     chunk = np.empty(_COUNT_CHUNK_BYTES, dtype=np.uint8)
     is_byte = np.empty(_COUNT_CHUNK_BYTES, dtype=bool)
     line_ends = commas = quotes = 0

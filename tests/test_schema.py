@@ -326,3 +326,12 @@ def test_demographics_dtypes_enforced(raw_dir: Path) -> None:
     with pytest.raises(SchemaError, match=r"column 'height_cm', data row 1 \(line 2\): wrong type"):
         read_raw_dir(raw_dir)
     assert DEMOGRAPHICS_SCHEMA["height_cm"] is pl.Float64
+
+
+def test_importing_the_schema_leaves_numpy_out() -> None:
+    """bench/extract.py's floor (a plain polars read of train.csv) imports cmi.schema for
+    TRAIN_SCHEMA: numpy's import would be charged to the floor, not to the stage."""
+    code = "import sys, cmi.schema; print('numpy' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
