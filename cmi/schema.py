@@ -193,11 +193,13 @@ def check_row_shapes(path: Path, n_columns: int) -> None:
     schema: ``read_csv_checked`` then runs the line-by-line check before anything else.
     """
     counts = _byte_counts(path)
-    if counts.quotes:  # quoted fields may hold commas or line ends: parse properly
-        return _check_quoted_row_shapes(path, n_columns)
-    if counts.ends_with_line_end and counts.commas == (n_columns - 1) * counts.line_ends:
-        return None
-    return _check_row_shapes_by_line(path, n_columns)
+    if (
+        not counts.quotes  # quoted fields may hold commas or line ends: the lines decide
+        and counts.ends_with_line_end
+        and counts.commas == (n_columns - 1) * counts.line_ends
+    ):
+        return
+    _check_row_shapes_by_line(path, n_columns)
 
 
 @dataclass(frozen=True)

@@ -245,6 +245,17 @@ def test_row_cut_inside_its_last_value_is_refused(raw_dir: Path) -> None:
         read_raw_dir(raw_dir)
 
 
+def test_a_quoted_header_does_not_hide_a_missing_line_end(raw_dir: Path) -> None:
+    """Quotes anywhere send the check line by line (as before the byte counts): a quoted
+    column name still leaves the last row's missing line end found."""
+    test = raw_dir / "test.csv"
+    lines = _lines(test)
+    header = b'"row_id"' + lines[0][len(b"row_id") :]
+    test.write_bytes(header + b"".join(lines[1:-1]) + lines[-1].rstrip(b"\n")[:-2])
+    with pytest.raises(SchemaError, match=rf"data row {len(lines) - 1} .*no line end"):
+        read_raw_dir(raw_dir)
+
+
 @pytest.mark.parametrize("fields_delta", [-1, +1])
 def test_ragged_row_in_the_middle_is_refused(raw_dir: Path, fields_delta: int) -> None:
     train = raw_dir / "train.csv"
