@@ -83,6 +83,7 @@ bench: $(STAMP)
 	$(PY) bench/lgbm.py
 	$(PY) bench/torch_train.py
 	$(PY) bench/predict.py
+	$(PY) bench/repro.py
 
 submission: $(STAMP)
 	$(BIN)/cmi package --out submission

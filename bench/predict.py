@@ -14,7 +14,8 @@ Kaggle notebook (one Torch thread):
     and of this process's CPU time (on a shared host the wall time also counts waiting for
     other processes); then a breakdown (features, LightGBM folds, Torch folds,
     post-processing) over the same calls.
-Targets: load < 10 s, median < 50 ms, p99 < 150 ms (with post-processing).
+Targets: load < 10 s, median <= 30 ms, p99 <= 60 ms (with post-processing); the last
+line says PASS or FAIL.
 Usage: python bench/predict.py [--calls 600] [--seed 0] [--json out.json] [--project DIR]
 """
 
@@ -38,7 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 BENCH_DIR = Path("/tmp/cmi-bench")
 RAW_DIR = BENCH_DIR / "demo"
 PROJECT = BENCH_DIR / "project-demo"
-TARGETS = {"load_s": 10.0, "median_ms": 50.0, "p99_ms": 150.0}
+# Issue 13: median <= 30 ms, p99 <= 60 ms with post-processing; the bundle loads in < 10 s.
+TARGETS = {"load_s": 10.0, "median_ms": 30.0, "p99_ms": 60.0}
 # Stage scripts in order, each with the file that says it has run.
 STAGES: tuple[tuple[str, str], ...] = (
     ("extract.py", "data/features/frame_features.parquet"),
@@ -190,8 +192,8 @@ def main() -> None:
     }
     ok = (
         load_s < TARGETS["load_s"]
-        and result["predict"]["median_ms"] < TARGETS["median_ms"]
-        and result["predict"]["p99_ms"] < TARGETS["p99_ms"]
+        and result["predict"]["median_ms"] <= TARGETS["median_ms"]
+        and result["predict"]["p99_ms"] <= TARGETS["p99_ms"]
     )
     result["meets_targets"] = ok
     if args.json:
@@ -213,8 +215,13 @@ def main() -> None:
         f" / torch {result['torch']['median_ms']:.1f} / post-processing "
         f"{result['postprocess']['median_ms']:.1f} (p99 {result['postprocess']['p99_ms']:.1f})"
         " ms median] "
-        f"(targets load < {TARGETS['load_s']:.0f}s, median < {TARGETS['median_ms']:.0f} ms, "
-        f"p99 < {TARGETS['p99_ms']:.0f} ms): {'OK' if ok else 'MISSED'}"
+        f"(targets load < {TARGETS['load_s']:.0f}s, median <= {TARGETS['median_ms']:.0f} ms, "
+        f"p99 <= {TARGETS['p99_ms']:.0f} ms)"
+    )
+    print(
+        f"SUMMARY load={load_s:.2f}s (<{TARGETS['load_s']:.0f}) median={p['median_ms']:.1f}ms "
+        f"(<={TARGETS['median_ms']:.0f}) p99={p['p99_ms']:.1f}ms (<={TARGETS['p99_ms']:.0f}) "
+        f"-> {'PASS' if ok else 'FAIL'}"
     )
 
 

@@ -88,6 +88,8 @@ class TorchParams:
     # Batches of similar length (cmi.nn.batches.epoch_batches): rows sorted by length within
     # chunks of this many batches; 0 = plain shuffle.
     bucket_batches: int = 0
+    # The sequence's length as an input of the heads (TimeSeriesNet.length_input).
+    length_input: bool = False
     # CPU: members trained side by side in this many processes (cmi.nn.parallel), one
     # thread each; 0 = one per usable core. Result-neutral.
     cpu_processes: int = 0

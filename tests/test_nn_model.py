@@ -13,7 +13,9 @@ from torch import nn
 
 from cmi.nn.data import FILL_VALUE, Scaler, modality_indices, pad_length, to_padded
 from cmi.nn.model import (
+    LOG_LENGTH_CENTER,
     TimeSeriesNet,
+    architecture_kwargs,
     left_aligned,
     load_state_dict_file,
     masked_max_pool,
@@ -244,10 +246,12 @@ def one_sequence_padded(x: torch.Tensor, before: int, after: int) -> tuple[torch
 def test_output_depends_on_the_real_steps_only_not_on_padding(with_head: bool) -> None:
     """A sequence alone at its own length, front-padded, back-padded, padded on both sides,
     or in a batch with a longer sequence: the same logits. Before, the forward LSTM and the
-    GRU ran over front padding and the pool windows shifted with the padding's parity."""
+    GRU ran over front padding and the pool windows shifted with the padding's parity.
+    (The variant with the orientation head also has the length input.)"""
     torch.manual_seed(1)
+    head = {"n_orientations": 4, "length_input": True} if with_head else {}
     net = TimeSeriesNet(len(CHANNELS), conv_channels=(8, 12), lstm_hidden=6, gru_hidden=5,
-                        n_orientations=4 if with_head else 0).eval()  # fmt: skip
+                        **head).eval()  # fmt: skip
 
     def outputs(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return net.forward_heads(x, mask) if with_head else (net(x, mask),)
@@ -280,3 +284,24 @@ def test_left_aligned_moves_real_steps_first_and_cuts_after_the_longest() -> Non
     assert torch.equal(flipped[0, :3], h[0, :3].flip(0))
     assert torch.equal(flipped[0, 3:], h[0, 3:]) and torch.equal(flipped[1], h[1])
     assert torch.equal(reversed_real_steps(flipped, lengths), h)
+
+
+def test_length_input_gives_the_heads_the_number_of_real_steps() -> None:
+    torch.manual_seed(2)
+    net = TimeSeriesNet(len(CHANNELS), conv_channels=(8, 12), lstm_hidden=6, gru_hidden=5,
+                        length_input=True).eval()  # fmt: skip
+    assert net.head[1].in_features == 5 + 1
+    x = torch.randn(1, 40, len(CHANNELS))
+    mask = torch.ones(1, 40, dtype=torch.bool)
+    with torch.no_grad():
+        pooled, _, _ = net._pooled(x, mask)
+    assert pooled.shape == (1, 6)
+    assert float(pooled[0, -1]) == pytest.approx(np.log(40) - LOG_LENGTH_CENTER, abs=1e-6)
+    padded = torch.cat([torch.zeros(1, 24, len(CHANNELS)), x], dim=1)
+    pad_mask = torch.cat([torch.zeros(1, 24, dtype=torch.bool), mask], dim=1)
+    with torch.no_grad():
+        assert float(net._pooled(padded, pad_mask)[0][0, -1]) == float(pooled[0, -1])
+    kwargs = architecture_kwargs(len(CHANNELS), (8, 12), 6, 5, 0.1, length_input=True)
+    assert kwargs["length_input"] is True
+    assert "length_input" not in architecture_kwargs(len(CHANNELS), (8, 12), 6, 5, 0.1)
+    assert TimeSeriesNet(**kwargs).head[1].in_features == 6

@@ -117,4 +117,5 @@ def network_architecture(n_channels: int, params: TorchParams) -> dict[str, Any]
         params.gru_hidden,
         params.dropout,
         n_orientations=N_ORIENTATIONS if params.aux_orientation_weight > 0 else 0,
+        length_input=params.length_input,
     )

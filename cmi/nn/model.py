@@ -32,6 +32,8 @@ N_POOLS = 2
 # Classes of the auxiliary orientation head, in schema.ORIENTATIONS order.
 N_ORIENTATIONS = len(ORIENTATIONS)
 _WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
+# log(length) minus this is about 0 for the data's typical 55-step sequence.
+LOG_LENGTH_CENTER = 4.0
 
 
 class ConvBlock(nn.Module):
@@ -133,6 +135,9 @@ class TimeSeriesNet(nn.Module):
     pooled steps; padded steps are zeroed between them. ``n_orientations`` > 0 adds
     ``orientation_head`` (training's auxiliary task, ``forward_heads``); ``forward`` still
     returns the gesture logits only, so inference code need not know about it.
+    ``length_input`` appends the sequence's length (log of its real steps, centred) to the
+    pooled vector the heads read: attention pooling averages over steps, so without it the
+    network hardly sees how long a gesture took.
     """
 
     def __init__(
@@ -144,6 +149,7 @@ class TimeSeriesNet(nn.Module):
         gru_hidden: int = 64,
         dropout: float = 0.3,
         n_orientations: int = 0,
+        length_input: bool = False,
     ) -> None:
         super().__init__()
         if n_channels < 1 or not conv_channels:
@@ -159,9 +165,11 @@ class TimeSeriesNet(nn.Module):
         self.lstm_backward = nn.LSTM(widths[-1], lstm_hidden, batch_first=True)
         self.gru = nn.GRU(2 * lstm_hidden, gru_hidden, batch_first=True)
         self.attention = MaskedAttentionPool(gru_hidden)
+        self.length_input = bool(length_input)
+        pooled_width = gru_hidden + (1 if self.length_input else 0)
         self.head = nn.Sequential(
             nn.Dropout(dropout),
-            nn.Linear(gru_hidden, gru_hidden),
+            nn.Linear(pooled_width, gru_hidden),
             nn.GELU(),
             nn.Dropout(dropout),
             nn.Linear(gru_hidden, n_classes),
@@ -169,7 +177,7 @@ class TimeSeriesNet(nn.Module):
         self.n_classes = n_classes
         # Built last: without it the modules (and the seeded initial weights) are unchanged.
         self.orientation_head = (
-            nn.Sequential(nn.Dropout(dropout), nn.Linear(gru_hidden, n_orientations))
+            nn.Sequential(nn.Dropout(dropout), nn.Linear(pooled_width, n_orientations))
             if n_orientations > 0
             else None
         )
@@ -210,9 +218,10 @@ class TimeSeriesNet(nn.Module):
     def _pooled(
         self, x: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The attention-pooled representation (B, gru_hidden) every head reads, the
+        """The attention-pooled representation (B, gru_hidden [+ 1]) every head reads, the
         attention weights and the pooled mask (both left-aligned, cut after the longest row)."""
         x, mask = left_aligned(x, mask.bool())
+        n_steps = mask.sum(dim=1)
         h = x.masked_fill(~mask[..., None], 0.0).transpose(1, 2)  # (B, C, T)
         for i, block in enumerate(self.blocks):
             h = block(h)
@@ -228,6 +237,9 @@ class TimeSeriesNet(nn.Module):
         h = h * mask[..., None].to(h.dtype)
         h, _ = self.gru(h)
         pooled, weights = self.attention(h, mask)
+        if self.length_input:
+            length = torch.log(n_steps.clamp(min=1).to(pooled.dtype)) - LOG_LENGTH_CENTER
+            pooled = torch.cat([pooled, length[:, None]], dim=1)
         return pooled, weights, mask
 
 
@@ -238,9 +250,10 @@ def architecture_kwargs(
     gru_hidden: int,
     dropout: float,
     n_orientations: int = 0,
+    length_input: bool = False,
 ) -> dict[str, Any]:
-    """JSON-ready kwargs of TimeSeriesNet (meta.json "architecture"); ``n_orientations``
-    appears only when there is an orientation head."""
+    """JSON-ready kwargs of TimeSeriesNet (meta.json "architecture"); ``n_orientations`` and
+    ``length_input`` appear only when used."""
     kwargs: dict[str, Any] = {
         "n_channels": int(n_channels),
         "n_classes": N_CLASSES,
@@ -251,6 +264,8 @@ def architecture_kwargs(
     }
     if n_orientations > 0:
         kwargs["n_orientations"] = int(n_orientations)
+    if length_input:
+        kwargs["length_input"] = True
     return kwargs
 
 
