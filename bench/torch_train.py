@@ -39,7 +39,7 @@ from cmi.nn.data import input_channels, to_padded
 from cmi.nn.fold_data import labeled_sequences, prepare_fold
 from cmi.nn.model import architecture_kwargs
 from cmi.nn.predict import network_proba
-from cmi.nn.runtime import Distributed, configure_torch
+from cmi.nn.runtime import Distributed, configure_torch, usable_cores
 from cmi.nn.train import epoch_batches, new_run, steps_per_epoch, train_epoch, training_tensors
 from cmi.nn.views import predict_views
 from cmi.params import load_params
@@ -252,8 +252,11 @@ def main() -> None:
             f"{params.epochs} epochs x {n_folds} folds (the whole stage, data prep excluded)"
         )
         print(bucket_comparison(inputs, params, device, args.bucket))
-        if device.type == "cpu" and threads > 1:
-            print(thread_comparison(inputs, params, device, threads))
+        if device.type == "cpu" and usable_cores() > 1:
+            # the stage trains with CPU_THREADS per process (members side by side); more
+            # threads in one process, for the record:
+            print(thread_comparison(inputs, params, device, usable_cores()))
+            torch.set_num_threads(threads)
         model_ms, full_ms = bench_inference(model, inputs, frames, channels, device, args.calls)
         for name, values in (("model only", model_ms), ("to_padded + model", full_ms)):
             print(
