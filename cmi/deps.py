@@ -58,6 +58,13 @@ RESULT_NEUTRAL_PARAMS: dict[str, str] = {
 }
 
 
+def result_params(section: str, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` (one params.yaml section) without its result-neutral keys: what a
+    checkpoint fingerprint hashes, so that changing, e.g., torch.cpu_processes between a
+    killed run and its rerun still resumes."""
+    return {k: v for k, v in values.items() if f"{section}.{k}" not in RESULT_NEUTRAL_PARAMS}
+
+
 # --------------------------------------------------------------------------------------------
 # Imports, read from the source
 # --------------------------------------------------------------------------------------------

@@ -155,3 +155,21 @@ def test_stages_list_keys_and_never_a_result_neutral_one() -> None:
                 f"stage {name}: {key!r} cannot change results ({deps.RESULT_NEUTRAL_PARAMS[key]})"
             )
     assert set(deps.RESULT_NEUTRAL_PARAMS) <= existing
+
+
+def test_checkpoint_fingerprints_ignore_result_neutral_params() -> None:
+    from dataclasses import replace
+
+    from cmi.lgbm import fingerprint_params as lgbm_fingerprint
+    from cmi.nn.cv import fingerprint_params as torch_fingerprint
+    from cmi.params import Params
+
+    base = Params()
+    neutral = Params(
+        torch=replace(base.torch, cpu_processes=3, num_workers=2),
+        lgbm=replace(base.lgbm, n_jobs=7),
+    )
+    assert torch_fingerprint(neutral) == torch_fingerprint(base)
+    assert lgbm_fingerprint(neutral) == lgbm_fingerprint(base)
+    assert torch_fingerprint(Params(torch=replace(base.torch, seed=1))) != torch_fingerprint(base)
+    assert lgbm_fingerprint(Params(lgbm=replace(base.lgbm, seed=1))) != lgbm_fingerprint(base)

@@ -42,7 +42,7 @@ def fingerprint_params(params: Params) -> dict[str, Any]:
     """The params a fold's result depends on: ``cv``, ``lgbm``, and ``eval`` (the view weights
     of the early-stopping metric)."""
     return {
-        "lgbm": section_dict(params.lgbm),
+        "lgbm": deps.result_params("lgbm", section_dict(params.lgbm)),
         "cv": section_dict(params.cv),
         "eval": section_dict(params.eval),
     }

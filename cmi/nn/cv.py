@@ -75,7 +75,7 @@ def read_training_data(paths: ProjectPaths, params: Params) -> TorchTrainingData
 def fingerprint_params(params: Params) -> dict[str, Any]:
     """The params a fold's result depends on."""
     return {
-        "torch": section_dict(params.torch),
+        "torch": deps.result_params("torch", section_dict(params.torch)),
         "cv": section_dict(params.cv),
         "eval": section_dict(params.eval),
     }
