@@ -1,11 +1,11 @@
 """Torch members trained side by side on CPU: one process per core, one thread each.
 
 This small network does not scale over intra-op threads on CPU (on 2 cores, 2 threads trained
-an epoch x0.78 as fast as 1), while members (folds, seeds, the IMU-only models) are
-independent. So on CPU every process trains with ONE intra-op thread (``CPU_THREADS``) and
-``torch.cpu_processes`` processes (0 = one per usable core) train the members not yet
-finished. Each member's result depends only on its seeds and data, never on how many
-processes ran or which one trained it: ``torch.cpu_processes`` is result-neutral.
+an epoch x0.84-0.86 as fast as 1: bench/torch_train.py), while members (folds, seeds, the
+IMU-only models) are independent. So on CPU every process trains with ONE intra-op thread
+(``CPU_THREADS``) and ``torch.cpu_processes`` processes (0 = one per usable core) train the
+members not yet finished. Each member's result depends only on its seeds and data, never on
+how many processes ran or which one trained it: ``torch.cpu_processes`` is result-neutral.
 
 Workers are spawned (not forked: OpenMP state does not survive a fork), get the training
 data once, save every epoch and finished member to the checkpoint store like the sequential
